@@ -1,0 +1,1 @@
+"""Ray connectivity and resources: local head, Jobs API client, storage, worker groups."""

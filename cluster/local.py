@@ -1,0 +1,119 @@
+"""The embedded local Ray head: started once (like `ray start --head`), reused by later commands.
+
+Its dashboard listens on 127.0.0.1:8265 by default, so the Ray dashboard and Jobs API work as on any
+cluster. Several heads can coexist on one machine when each gets its own ports and temp dir (tests do this).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+from pipelines.errors import ClusterError
+
+# Serve's ingress and a model replica each take logical CPUs; on small machines Ray needs them overcommitted.
+MIN_LOGICAL_CPUS = 8
+
+
+@dataclass(frozen=True)
+class LocalHead:
+    """Ports and directories of one local head. Defaults match `ray start --head`."""
+
+    port: int = 6379
+    dashboard_port: int = 8265
+    client_port: int = 10001
+    agent_port: int = 52365
+    temp_dir: str = "/tmp/llmctl-ray"
+    num_cpus: int | None = None
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    @property
+    def gcs_address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def logical_cpus(self) -> int:
+        return self.num_cpus or max(MIN_LOGICAL_CPUS, os.cpu_count() or 1)
+
+
+def dashboard_version(url: str, timeout: float = 2.0) -> dict | None:
+    """The dashboard's /api/version answer, or None when nothing answers at `url`."""
+    try:
+        with urllib.request.urlopen(f"{url}/api/version", timeout=timeout) as resp:
+            return json.loads(resp.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def _ray_cli() -> str:
+    beside = os.path.join(os.path.dirname(sys.executable), "ray")
+    return beside if os.path.exists(beside) else (shutil.which("ray") or "ray")
+
+
+def start(head: LocalHead = LocalHead(), timeout: float = 120.0) -> LocalHead:
+    """Start the head unless its dashboard already answers; return once the Jobs API is usable."""
+    if dashboard_version(head.dashboard_url):
+        return head
+    cmd = [
+        _ray_cli(), "start", "--head",
+        f"--port={head.port}",
+        "--dashboard-host=127.0.0.1", f"--dashboard-port={head.dashboard_port}",
+        f"--ray-client-server-port={head.client_port}",
+        f"--dashboard-agent-listen-port={head.agent_port}",
+        f"--num-cpus={head.logical_cpus()}",
+        f"--temp-dir={head.temp_dir}",
+        "--disable-usage-stats",
+    ]  # fmt: skip
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise ClusterError(
+            f"could not start the local Ray head (exit {proc.returncode}):\n{proc.stderr.strip()[-2000:]}\n"
+            f"If another Ray is using port {head.port}, stop it with `llmctl cluster down` or pass --address."
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _jobs_api_ready(head.dashboard_url):
+            return head
+        time.sleep(0.5)
+    raise ClusterError(f"the local Ray head started but its dashboard at {head.dashboard_url} never answered")
+
+
+def _jobs_api_ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/api/jobs/", timeout=2.0) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def stop(head: LocalHead = LocalHead(), timeout: float = 30.0) -> bool:
+    """Stop the processes of this head only (matched by its temp dir); True if any were running."""
+    import psutil
+
+    procs = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(p.info.get("cmdline") or [])
+        if head.temp_dir in cmdline and p.pid != os.getpid():
+            procs.append(p)
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    return bool(procs)

@@ -1,0 +1,23 @@
+"""Stage kind -> the function that runs it, imported only when a stage of that kind runs."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+from pipelines.errors import SpecError, did_you_mean
+
+RUNNERS: dict[str, str] = {
+    "data": "jobs.data.stage:run",
+    "tokenizer": "jobs.tokenizer:run",
+    "pretrain": "jobs.train.pretrain:run",
+    "serve": "services.stage:run",
+}
+
+
+def runner(kind: str) -> Callable[[Any], dict]:
+    if kind not in RUNNERS:
+        raise SpecError(f"stage kind '{kind}' has no runner{did_you_mean(kind, RUNNERS)}")
+    module, _, func = RUNNERS[kind].partition(":")
+    return getattr(importlib.import_module(module), func)

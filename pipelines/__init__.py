@@ -1,0 +1,1 @@
+"""The pipeline spec, its loading and validation, and the plan (stage DAG + cache keys)."""
