@@ -73,7 +73,9 @@ def start(head: LocalHead = LocalHead(), timeout: float = 120.0) -> LocalHead:
         f"--temp-dir={head.temp_dir}",
         "--disable-usage-stats",
     ]  # fmt: skip
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    # Job entrypoints run `python` from the head's PATH: make it this interpreter's.
+    path = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PATH": path}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise ClusterError(

@@ -160,3 +160,25 @@ def fingerprint(uri: str) -> dict[str, Any]:
         raise StorageError(f"input '{uri}' does not exist. Check the path, or generate the demo data first.")
     mtime = info.mtime_ns if info.mtime_ns is not None else None
     return {"uri": uri, "size": info.size, "mtime_ns": mtime}
+
+
+def expand(pattern: str) -> list[str]:
+    """Files matching a path, directory or glob (`*`, `?`, `[...]`), local or s3://; sorted."""
+    import fnmatch
+
+    import pyarrow.fs as pafs
+
+    has_glob = any(c in pattern for c in "*?[")
+    if not has_glob:
+        fs, path = filesystem(pattern)
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.File:
+            return [pattern if is_remote(pattern) else absolute(pattern)]
+        if info.type == pafs.FileType.Directory:
+            return [f for f in list_files(pattern) if not os.path.basename(f).startswith(("_", "."))]
+        return []
+    first = min(pattern.index(c) for c in "*?[" if c in pattern)
+    root = pattern[: pattern.rfind("/", 0, first) + 1] or "."
+    candidates = list_files(root) if exists(root) else []
+    full = pattern if is_remote(pattern) else absolute(pattern)
+    return [c for c in candidates if fnmatch.fnmatchcase(c, full)]

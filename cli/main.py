@@ -1,0 +1,187 @@
+"""`llmctl`: validate, plan, submit and follow pipeline runs on Ray.
+
+Commands import the library lazily so `llmctl --help` stays fast and never imports torch, deepspeed or vllm.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from pipelines.errors import LlmctlError
+
+ADDRESS_HELP = "Ray dashboard address (http://host:8265) of the cluster; default: $RAY_ADDRESS, else the local head."
+
+
+class Cli(click.Group):
+    """Prints user errors (LlmctlError) as one message without a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except LlmctlError as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            ctx.exit(exc.exit_code)
+
+
+def address_option(f):
+    return click.option("--address", envvar="RAY_ADDRESS", default=None, help=ADDRESS_HELP)(f)
+
+
+def set_option(f):
+    return click.option(
+        "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+        help="Override a spec value, e.g. --set pretrain.steps=200 (repeatable).",
+    )(f)  # fmt: skip
+
+
+@click.group(cls=Cli, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="llmctl")
+def main() -> None:
+    """One YAML file takes a language model from raw text to a served endpoint on Ray."""
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@set_option
+def validate(spec: str, overrides: tuple[str, ...]) -> None:
+    """Check a pipeline file: schema, references, inputs. Needs no cluster."""
+    from cluster.runs import make_plan
+
+    p = make_plan(spec, overrides)
+    click.echo(f"ok: {spec} — pipeline '{p.pipeline}', {len(p.stages)} stages ({', '.join(s.name for s in p.stages)})")
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@set_option
+def plan(spec: str, overrides: tuple[str, ...]) -> None:
+    """Show the stages, what each reads, its cache key and whether it would be skipped."""
+    from cli.render import print_plan
+    from cluster.runs import cached_stages, make_plan
+
+    p = make_plan(spec, overrides)
+    print_plan(p, cached_stages(p))
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@set_option
+@address_option
+@click.option("--no-wait", is_flag=True, help="Return after submitting instead of following the run.")
+@click.option("--quiet", is_flag=True, help="Do not stream the job log while waiting.")
+def submit(spec: str, overrides: tuple[str, ...], address: str | None, no_wait: bool, quiet: bool) -> None:
+    """Run a pipeline as a Ray job; re-submitting the same spec resumes it."""
+    from cli.render import print_summary
+    from cluster import runs
+
+    sub = runs.submit(spec, overrides, address, wait=False)
+    click.echo(f"run {sub.run_id}: job {sub.job_id} submitted")
+    click.echo(f"dashboard: {sub.target.dashboard_url}/#/jobs/{sub.job_id}")
+    if no_wait:
+        click.echo(f"follow it with: llmctl logs -f {sub.run_id}")
+        return
+    runs.follow(sub, None if quiet else lambda chunk: click.echo(chunk, nl=False))
+    print_summary(sub)
+
+
+@main.command()
+@click.argument("run_id")
+@address_option
+def status(run_id: str, address: str | None) -> None:
+    """Status of the latest job of a run (or of a job id)."""
+    from cluster import jobs
+
+    target = jobs.resolve_target(address, start_local=False)
+    job = jobs.find_job(target, run_id)
+    click.echo(f"{job.submission_id}: {job.status}" + (f" — {job.message}" if job.message else ""))
+
+
+@main.command()
+@click.argument("run_id")
+@address_option
+@click.option("-f", "--follow", is_flag=True, help="Keep streaming until the job ends.")
+def logs(run_id: str, address: str | None, follow: bool) -> None:
+    """Print the log of the latest job of a run."""
+    from cluster import jobs
+
+    target = jobs.resolve_target(address, start_local=False)
+    job = jobs.find_job(target, run_id)
+    if follow:
+        for chunk in jobs.follow(target, job.submission_id):
+            click.echo(chunk, nl=False)
+    else:
+        click.echo(jobs.logs(target, job.submission_id), nl=False)
+
+
+@main.command()
+@click.argument("run_id")
+@address_option
+def stop(run_id: str, address: str | None) -> None:
+    """Stop the running job of a run; finished stages stay cached."""
+    from cluster import jobs
+
+    target = jobs.resolve_target(address, start_local=False)
+    job = jobs.find_job(target, run_id)
+    stopped = jobs.stop(target, job.submission_id)
+    click.echo(f"{job.submission_id}: {'stop requested' if stopped else 'already ' + str(job.status)}")
+
+
+@main.command(name="list")
+@address_option
+def list_runs(address: str | None) -> None:
+    """Runs submitted by llmctl to the cluster, newest first."""
+    from cli.render import print_runs
+    from cluster import jobs
+
+    print_runs(jobs.list_runs(jobs.resolve_target(address, start_local=False)))
+
+
+@main.command()
+def schema() -> None:
+    """Print the JSON Schema of pipeline files (for editors)."""
+    from pipelines.load import json_schema
+
+    click.echo(json.dumps(json_schema(), indent=2))
+
+
+@main.group()
+def cluster() -> None:
+    """The embedded local Ray head (the default target)."""
+
+
+@cluster.command("up")
+@click.option("--num-cpus", type=int, default=None, help="Logical CPUs (default: max(8, cores)).")
+def cluster_up(num_cpus: int | None) -> None:
+    """Start the local head (dashboard on 127.0.0.1:8265) unless it is running."""
+    from cluster import local
+
+    head = local.start(local.LocalHead(num_cpus=num_cpus))
+    click.echo(f"local Ray head up: dashboard {head.dashboard_url}")
+
+
+@cluster.command("down")
+def cluster_down() -> None:
+    """Stop the local head and everything running on it."""
+    from cluster import local
+
+    click.echo("local Ray head stopped" if local.stop() else "local Ray head was not running")
+
+
+@cluster.command("status")
+def cluster_status() -> None:
+    """Whether the local head runs, and its Ray version."""
+    from cluster import local
+
+    head = local.LocalHead()
+    version = local.dashboard_version(head.dashboard_url)
+    if version is None:
+        click.echo(f"local Ray head: down (start it with `llmctl cluster up`)")
+        sys.exit(1)
+    click.echo(f"local Ray head: up, Ray {version.get('ray_version')}, dashboard {head.dashboard_url}")
+
+
+if __name__ == "__main__":
+    main()

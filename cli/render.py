@@ -1,0 +1,57 @@
+"""Printing plans, run summaries and run lists with rich."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console(highlight=False)
+
+
+def print_plan(plan, cached: dict[str, bool]) -> None:
+    table = Table(title=f"{plan.pipeline} — run {plan.run_id} (code {plan.code_version})")
+    for col in ("stage", "kind", "reads", "cache key", "status"):
+        table.add_column(col)
+    for s in plan.stages:
+        state = "always runs" if s.always_run else ("cached (skip)" if cached.get(s.name) else "will run")
+        table.add_row(s.name, s.kind, ", ".join(s.inputs) or "-", s.cache_key, state)
+    console.print(table)
+    console.print(f"artifacts: {plan.storage}/{plan.pipeline}/<stage>/<cache key>/")
+
+
+def print_summary(sub) -> None:
+    stages: list[dict[str, Any]] = sub.summary.get("stages", [])
+    table = Table(title=f"run {sub.run_id}: {sub.status}")
+    for col in ("stage", "kind", "outcome", "produced"):
+        table.add_column(col)
+    for s in stages:
+        table.add_row(s["stage"], s["kind"], s["outcome"], _produced(s))
+    console.print(table)
+    for s in stages:
+        endpoint = s.get("metrics", {}).get("endpoint")
+        if endpoint:
+            console.print(f"endpoint: {endpoint}  (model '{s['metrics'].get('model_id', s['stage'])}')")
+    console.print(f"dashboard: {sub.target.dashboard_url}")
+
+
+def _produced(stage: dict[str, Any]) -> str:
+    metrics = stage.get("metrics", {})
+    rows = metrics.get("rows")
+    parts = [f"{k}={v}" for k, v in rows.items()] if isinstance(rows, dict) else []
+    for key in ("final_loss", "steps", "vocab_size", "endpoint"):
+        if key in metrics:
+            parts.append(f"{key}={metrics[key]}")
+    return (" ".join(parts) + "\n" if parts else "") + stage["uri"]
+
+
+def print_runs(jobs) -> None:
+    table = Table()
+    for col in ("run", "job", "status", "pipeline", "stages"):
+        table.add_column(col)
+    for j in jobs:
+        meta = j.metadata or {}
+        table.add_row(meta.get("llmctl_run_id", "?"), j.submission_id, str(j.status), meta.get("pipeline", ""),
+                      meta.get("stages", ""))  # fmt: skip
+    console.print(table)

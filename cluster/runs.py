@@ -1,0 +1,87 @@
+"""The importable SDK behind `llmctl submit/plan/status`: the CLI only parses arguments and prints."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from cluster import jobs, storage
+from jobs.driver import SUMMARY_PREFIX
+from pipelines import load, plan
+from pipelines.errors import JobFailed
+
+
+@dataclass
+class Submission:
+    run_id: str
+    job_id: str
+    target: jobs.Target
+    plan: plan.Plan
+    status: str = "PENDING"
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def make_plan(path: str, overrides: tuple[str, ...] = (), check_inputs: bool = True) -> plan.Plan:
+    return plan.build(load.load(path, overrides), check_inputs=check_inputs)
+
+
+def cached_stages(p: plan.Plan) -> dict[str, bool]:
+    """Stage name -> whether its committed output already exists (and it would be skipped)."""
+    return {s.name: (not s.always_run) and storage.exists(s.marker_uri) for s in p.stages}
+
+
+def write_run_record(p: plan.Plan) -> str:
+    """Store the resolved spec and plan with the run; the job reads the plan from here."""
+    storage.write_json(storage.join(p.run_uri, "plan.json"), p.to_json())
+    storage.write_text(storage.join(p.run_uri, "spec.yaml"), yaml.safe_dump(p.spec, sort_keys=False))
+    return p.run_uri
+
+
+def submit(
+    path: str,
+    overrides: tuple[str, ...] = (),
+    address: str | None = None,
+    wait: bool = True,
+    on_log: Callable[[str], None] | None = None,
+) -> Submission:
+    """Validate, plan, submit as a Ray job; with `wait`, follow it and raise JobFailed unless it succeeds."""
+    p = make_plan(path, overrides)
+    target = jobs.resolve_target(address)
+    run_uri = write_run_record(p)
+    metadata = {"pipeline": p.pipeline, "stages": ",".join(s.name for s in p.stages), "run_uri": run_uri}
+    job_id = jobs.submit(target, p.run_id, f"python -m jobs.driver {run_uri}", metadata)
+    sub = Submission(p.run_id, job_id, target, p)
+    if wait:
+        follow(sub, on_log)
+    return sub
+
+
+def follow(sub: Submission, on_log: Callable[[str], None] | None = None) -> Submission:
+    chunks: list[str] = []
+
+    def collect(chunk: str) -> None:
+        chunks.append(chunk)
+        if on_log:
+            on_log(chunk)
+
+    sub.status = jobs.wait(sub.target, sub.job_id, collect)
+    text = "".join(chunks) if chunks else jobs.logs(sub.target, sub.job_id)
+    sub.summary = parse_summary(text)
+    if sub.status != "SUCCEEDED":
+        raise JobFailed(
+            f"run {sub.run_id} ended {sub.status} (job {sub.job_id}). See `llmctl logs {sub.run_id}` or the "
+            f"dashboard at {sub.target.dashboard_url}/#/jobs/{sub.job_id}; resubmit to resume after the last "
+            f"finished stage."
+        )
+    return sub
+
+
+def parse_summary(log_text: str) -> dict[str, Any]:
+    for line in reversed(log_text.splitlines()):
+        if line.startswith(SUMMARY_PREFIX):
+            return json.loads(line[len(SUMMARY_PREFIX) :])
+    return {}

@@ -1,0 +1,232 @@
+"""The `data` stage on Ray Data: read → quarantine → quality filters → exact dedup → near dedup → PII → Parquet.
+
+Every input row ends in exactly one place: the output (`data/`), or the rejected set with one reason
+(`quarantine:*`, `filter:*`, `duplicate:exact`, `duplicate:near`). `stats.json` holds the funnel, and
+in == kept + filtered + duplicates + quarantined is checked before the stage commits.
+"""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from cluster import storage
+from jobs.context import StageContext
+from jobs.data import readers
+from pipelines.errors import StageError
+
+KEEP_COLUMNS = ["id", "source", "text"]
+REJECT_COLUMNS = ["id", "source", "text", "reason", "dup_of"]
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    spec = ctx.spec
+    ds = read_inputs(ctx)
+    ds = ds.map_batches(normalize, batch_format="pyarrow")
+    ds = apply_quality_filters(ds, spec)
+    kept, rejected, dedup_stats = deduplicate(ds, spec)
+    kept, pii_counts = redact_pii(kept, spec)
+    rows = write_outputs(ctx, kept, rejected)
+    stats = build_stats(rows, pii_counts, dedup_stats, spec)
+    storage.write_json(ctx.path("stats.json"), stats)
+    storage.write_text(ctx.path("report.md"), render_report(ctx.name, stats))
+    ctx.log(f"rows in {rows['in']} -> out {rows['out']}")
+    return {"rows": rows, "pii": pii_counts, "near_dup_clusters": dedup_stats.get("near", {}).get("clusters")}
+
+
+def input_files(ctx: StageContext) -> list[tuple[str, str]]:
+    """(format, uri) of every file to read: globs and directories expanded, earlier data stages' shards."""
+    spec = ctx.spec
+    files: list[tuple[str, str]] = []
+    for i, item in enumerate(spec.inputs):
+        if item in ctx.inputs:
+            files += [("parquet", f) for f in storage.list_files(ctx.input(item).path("data"), ".parquet")]
+            continue
+        matches = storage.expand(item)
+        if not matches:
+            raise StageError(f"stages.{ctx.name}.inputs[{i}]: nothing matches '{item}'")
+        files += [(readers.detect_format(m, spec.format), m) for m in matches]
+    return files
+
+
+def read_inputs(ctx: StageContext):
+    spec = ctx.spec
+    datasets, first_id = [], 0
+    by_format: dict[str, list[str]] = {}
+    for fmt, uri in input_files(ctx):
+        by_format.setdefault(fmt, []).append(uri)
+    for fmt, uris in sorted(by_format.items()):
+        text_field = "text" if fmt == "parquet" and _all_stage_outputs(ctx, uris) else spec.text_field
+        options = readers.ReadOptions(fmt, text_field, spec.id_field, spec.max_doc_bytes)
+        datasets.append(readers.read_documents(uris, options, first_file_id=first_id))
+        first_id += len(uris)
+    return datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
+
+
+def _all_stage_outputs(ctx: StageContext, uris: list[str]) -> bool:
+    roots = [out.path("data") for out in ctx.inputs.values()]
+    return bool(roots) and all(any(u.startswith(r) for r in roots) for u in uris)
+
+
+def normalize(batch: pa.Table) -> pa.Table:
+    """Unicode NFC and Unix newlines, so equal-looking documents are equal bytes."""
+    texts = [None if t is None else unicodedata.normalize("NFC", t.replace("\r\n", "\n")) for t in
+             batch.column("text").to_pylist()]  # fmt: skip
+    return batch.set_column(batch.schema.get_field_index("text"), "text", pa.array(texts, pa.string()))
+
+
+def apply_quality_filters(ds, spec):
+    from jobs.data import filters
+
+    chain = filters.build_filters(spec.quality)
+    if not chain:
+        return ds
+
+    def check(batch: pa.Table) -> pa.Table:
+        reasons = batch.column("reason").to_pylist()
+        for i, text in enumerate(batch.column("text").to_pylist()):
+            if reasons[i] is None:
+                failed = filters.first_failure(chain, text)
+                reasons[i] = f"filter:{failed}" if failed else None
+        return batch.set_column(batch.schema.get_field_index("reason"), "reason", pa.array(reasons, pa.string()))
+
+    return ds.map_batches(check, batch_format="pyarrow")
+
+
+def where_reason(ds, is_null: bool):
+    def keep(batch: pa.Table) -> pa.Table:
+        mask = pc.is_null(batch.column("reason"))
+        return batch.filter(mask if is_null else pc.invert(mask))
+
+    return ds.map_batches(keep, batch_format="pyarrow")
+
+
+def _as_rejected(ds, reason: str | None, dup_col: str | None):
+    """Project rows onto REJECT_COLUMNS, setting `reason` (if given) and `dup_of` from a dedup column."""
+
+    def project(batch: pa.Table) -> pa.Table:
+        n = batch.num_rows
+        reasons = pa.array([reason] * n, pa.string()) if reason else batch.column("reason")
+        dup = batch.column(dup_col) if dup_col else pa.nulls(n, pa.string())
+        cols = [batch.column("id"), batch.column("source"), batch.column("text"), reasons, dup.cast(pa.string())]
+        return pa.Table.from_arrays(cols, names=REJECT_COLUMNS)
+
+    return ds.map_batches(project, batch_format="pyarrow")
+
+
+def _split_on(ds, column: str):
+    """(rows where column is null, rows where it is set) of a materialized dataset."""
+
+    def select(keep_null: bool):
+        def fn(batch: pa.Table) -> pa.Table:
+            mask = pc.is_null(batch.column(column))
+            return batch.filter(mask if keep_null else pc.invert(mask))
+
+        return fn
+
+    return ds.map_batches(select(True), batch_format="pyarrow"), ds.map_batches(select(False), batch_format="pyarrow")
+
+
+def deduplicate(ds, spec):
+    """(kept, rejected, stats): quarantined/filtered rows pass straight to `rejected`; the rest are deduplicated."""
+    from jobs.data import dedup, minhash
+
+    ds = ds.materialize()
+    rejected = [_as_rejected(where_reason(ds, is_null=False), None, None)]
+    kept = where_reason(ds, is_null=True)
+    stats: dict[str, Any] = {}
+    if spec.exact_dedup:
+        marked = dedup.mark_exact_duplicates(kept, text_col="text", id_col="id").materialize()
+        kept, dups = _split_on(marked, "exact_dup_of")
+        rejected.append(_as_rejected(dups, "duplicate:exact", "exact_dup_of"))
+    if spec.minhash is not None:
+        marked, stats["near"] = minhash.mark_near_duplicates(kept, spec.minhash, text_col="text", id_col="id")
+        marked = marked.materialize()
+        kept, dups = _split_on(marked, "near_dup_of")
+        rejected.append(_as_rejected(dups, "duplicate:near", "near_dup_of"))
+    kept = kept.select_columns(KEEP_COLUMNS)
+    return kept, rejected[0].union(*rejected[1:]) if len(rejected) > 1 else rejected[0], stats
+
+
+def redact_pii(kept, spec) -> tuple[Any, dict[str, int]]:
+    if spec.pii is None:
+        return kept.materialize(), {}
+    from jobs.data import pii
+
+    config = spec.pii
+
+    def redact(batch: pa.Table) -> pa.Table:
+        redactor = pii.Redactor(config)
+        texts, counts = [], []
+        for text in batch.column("text").to_pylist():
+            new, found = redactor.redact(text)
+            texts.append(new)
+            counts.append(json.dumps(found, sort_keys=True))
+        batch = batch.set_column(batch.schema.get_field_index("text"), "text", pa.array(texts, pa.string()))
+        return batch.append_column("pii", pa.array(counts, pa.string()))
+
+    marked = kept.map_batches(redact, batch_format="pyarrow").materialize()
+    totals: dict[str, int] = {}
+    for batch in marked.select_columns(["pii"]).iter_batches(batch_format="pyarrow", batch_size=10_000):
+        for found in batch.column("pii").to_pylist():
+            for kind, n in json.loads(found).items():
+                totals[kind] = totals.get(kind, 0) + n
+    return marked.select_columns(KEEP_COLUMNS), dict(sorted(totals.items()))
+
+
+def write_outputs(ctx: StageContext, kept, rejected) -> dict[str, Any]:
+    """Write kept shards and the rejected sample; return the funnel counts (checked to balance)."""
+    spec = ctx.spec
+    rejected = rejected.materialize()
+    by_reason = {r["reason"]: r["count()"] for r in rejected.groupby("reason").count().take_all()}
+    out = kept.count()
+    kept.repartition(max(1, -(-out // spec.shard_rows))).write_parquet(ctx.path("data"))
+    sample = rejected if spec.rejected_sample is None else _sample_per_reason(rejected, spec.rejected_sample)
+    if sample.count():
+        sample.write_parquet(ctx.path("rejected"))
+    return funnel(out, by_reason)
+
+
+def _sample_per_reason(rejected, n: int):
+    return rejected.groupby("reason").map_groups(lambda group: group.slice(0, n), batch_format="pyarrow")
+
+
+def funnel(out: int, by_reason: dict[str, int]) -> dict[str, Any]:
+    def total(prefix: str) -> int:
+        return sum(v for k, v in by_reason.items() if k.startswith(prefix))
+
+    rows = {
+        "in": out + sum(by_reason.values()),
+        "out": out,
+        "quarantined": total("quarantine:"),
+        "filtered": total("filter:"),
+        "duplicates_exact": by_reason.get("duplicate:exact", 0),
+        "duplicates_near": by_reason.get("duplicate:near", 0),
+    }
+    accounted = rows["out"] + rows["quarantined"] + rows["filtered"] + rows["duplicates_exact"] + rows["duplicates_near"]
+    if accounted != rows["in"]:
+        raise RuntimeError(f"funnel does not balance: {rows} vs reasons {by_reason}")  # internal invariant
+    return {**rows, "by_reason": dict(sorted(by_reason.items()))}
+
+
+def build_stats(rows: dict[str, Any], pii_counts: dict[str, int], dedup_stats: dict[str, Any], spec) -> dict:
+    return {"rows": rows, "pii": pii_counts, "dedup": dedup_stats, "config": spec.model_dump(mode="json")}
+
+
+def render_report(name: str, stats: dict[str, Any]) -> str:
+    rows = stats["rows"]
+    lines = [f"# Data stage `{name}`", "", "| step | rows |", "|---|---:|"]
+    lines += [f"| {k} | {v} |" for k, v in rows.items() if k != "by_reason"]
+    lines += ["", "## Rejected by reason", "", "| reason | rows |", "|---|---:|"]
+    lines += [f"| {k} | {v} |" for k, v in rows["by_reason"].items()]
+    if stats["pii"]:
+        lines += ["", "## PII redacted", "", "| type | count |", "|---|---:|"]
+        lines += [f"| {k} | {v} |" for k, v in stats["pii"].items()]
+    near = stats["dedup"].get("near")
+    if near:
+        lines += ["", "## Near-duplicate detection", "", "```", json.dumps(near, indent=2), "```"]
+    return "\n".join(lines) + "\n"

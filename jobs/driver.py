@@ -1,0 +1,105 @@
+"""The Ray job's entrypoint: execute a plan stage by stage.
+
+    python -m jobs.driver <run_uri>
+
+`<run_uri>/plan.json` is written by `llmctl submit`. A stage whose `_SUCCESS` marker exists is skipped; any
+other stage starts from an empty output directory (only `_state/`, e.g. training checkpoints, survives), runs,
+and is committed by writing the marker last. A killed job therefore resumes at the first unfinished stage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+import traceback
+from typing import Any
+
+from cluster import storage
+from jobs.context import StageContext, StageOutput
+from jobs.registry import runner
+from pipelines.plan import Plan, PlannedStage
+from pipelines.spec import Pipeline
+
+STATE_DIR = "_state"
+SUMMARY_PREFIX = "LLMCTL_SUMMARY "
+log = logging.getLogger("llmctl")
+
+
+def main(run_uri: str) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stdout)
+    plan = Plan.from_json(storage.read_json(storage.join(run_uri, "plan.json")))
+    pipeline = Pipeline.model_validate(plan.spec)
+    _connect()
+    outputs: dict[str, StageOutput] = {}
+    summary: list[dict[str, Any]] = []
+    for stage in plan.stages:
+        outputs[stage.name], outcome = run_stage(plan, pipeline, stage, outputs)
+        summary.append({"stage": stage.name, "kind": stage.kind, "outcome": outcome, "uri": stage.uri,
+                        "metrics": outputs[stage.name].marker.get("metrics", {})})  # fmt: skip
+    print(SUMMARY_PREFIX + json.dumps({"run_id": plan.run_id, "stages": summary}, default=str), flush=True)
+    return 0
+
+
+def _connect() -> None:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(log_to_driver=True)
+
+
+def run_stage(
+    plan: Plan, pipeline: Pipeline, stage: PlannedStage, outputs: dict[str, StageOutput]
+) -> tuple[StageOutput, str]:
+    """Run one stage unless its marker says it is done; returns its output and 'cached' or 'ran'."""
+    if not stage.always_run and storage.exists(stage.marker_uri):
+        log.info(f"[{stage.name}] cached: {stage.uri}")
+        return StageOutput(stage.name, stage.kind, stage.uri, storage.read_json(stage.marker_uri)), "cached"
+    log.info(f"[{stage.name}] starting ({stage.kind}) -> {stage.uri}")
+    _clear_outputs(stage.uri)
+    ctx = StageContext(
+        name=stage.name,
+        kind=stage.kind,
+        spec=pipeline.stages[stage.name],
+        pipeline_name=plan.pipeline,
+        run_id=plan.run_id,
+        cache_key=stage.cache_key,
+        out_uri=stage.uri,
+        inputs={name: outputs[name] for name in stage.inputs},
+    )
+    started = time.time()
+    try:
+        metrics = runner(stage.kind)(ctx) or {}
+    except Exception:
+        log.error(f"[{stage.name}] failed:\n{traceback.format_exc()}")
+        raise
+    marker = {
+        "stage": stage.name, "kind": stage.kind, "cache_key": stage.cache_key, "run_id": plan.run_id,
+        "started": started, "seconds": round(time.time() - started, 3), "metrics": metrics,
+    }  # fmt: skip
+    storage.write_json(stage.marker_uri, marker)
+    log.info(f"[{stage.name}] done in {marker['seconds']:.1f}s")
+    return StageOutput(stage.name, stage.kind, stage.uri, marker), "ran"
+
+
+def _clear_outputs(uri: str) -> None:
+    """Remove a half-written attempt, keeping resumable state (checkpoints) under _state/."""
+    import pyarrow.fs as pafs
+
+    fs, path = storage.filesystem(uri)
+    selector = pafs.FileSelector(path, recursive=False, allow_not_found=True)
+    for info in fs.get_file_info(selector):
+        if info.base_name == STATE_DIR:
+            continue
+        if info.type == pafs.FileType.Directory:
+            fs.delete_dir(info.path)
+        else:
+            fs.delete_file(info.path)
+    storage.makedirs(uri)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m jobs.driver <run_uri>")
+    sys.exit(main(sys.argv[1]))
