@@ -98,7 +98,7 @@ def _jobs_api_ready(url: str) -> bool:
         return False
 
 
-def stop(head: LocalHead = LocalHead(), timeout: float = 30.0) -> bool:
+def stop(head: LocalHead = LocalHead(), timeout: float = 5.0) -> bool:
     """Stop the processes of this head only (matched by its temp dir); True if any were running."""
     import psutil
 

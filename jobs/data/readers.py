@@ -48,6 +48,11 @@ class DocumentDatasource(FileBasedDatasource):
         self._file_ids = file_ids
         self._options = options
 
+    def _open_input_source(self, filesystem, path: str, **open_args: Any) -> pa.NativeFile:
+        if self._options.format == "parquet":
+            return filesystem.open_input_file(path)  # Parquet needs random access to its footer
+        return super()._open_input_source(filesystem, path, **open_args)
+
     def _read_stream(self, f: pa.NativeFile, path: str) -> Iterator[pa.Table]:
         file_id = self._file_ids.get(path, self._file_ids.get(path.lstrip("/"), 0))
         units = _units(f, path, self._options)

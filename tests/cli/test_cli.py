@@ -1,0 +1,76 @@
+"""The CLI surface: exit codes, messages without tracebacks, and light imports."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+from click.testing import CliRunner
+
+from cli.main import main
+from tests.conftest import ROOT, free_port
+
+
+def run(*args):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def spec_file(tmp_path, body: str | None = None) -> str:
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"text": "hello world"}\n')
+    path = tmp_path / "p.yaml"
+    path.write_text(body or textwrap.dedent(f"""
+        name: t
+        storage: {tmp_path}/runs
+        stages:
+          curate: {{kind: data, inputs: [{corpus}]}}
+        """))
+    return str(path)
+
+
+def test_validate_ok(tmp_path):
+    result = run("validate", spec_file(tmp_path))
+    assert result.exit_code == 0
+    assert "pipeline 't', 1 stages (curate)" in result.output
+
+
+def test_validate_error_exit_2_without_traceback(tmp_path):
+    result = run("validate", spec_file(tmp_path), "--set", "curate.exact_dedupe=false")
+    assert result.exit_code == 2
+    assert "stages.curate.exact_dedupe: unknown field — did you mean 'exact_dedup'?" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_plan_shows_stages_and_cache_state(tmp_path):
+    result = run("plan", spec_file(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "curate" in result.output and "will run" in result.output
+
+
+def test_schema_is_json_with_stage_kinds():
+    result = run("schema")
+    schema = json.loads(result.output)
+    assert {"DataStage", "PretrainStage", "TokenizerStage", "ServeStage"} <= set(schema["$defs"])
+
+
+def test_unreachable_address_is_a_clear_error_and_nothing_is_submitted(tmp_path):
+    address = f"http://127.0.0.1:{free_port()}"
+    result = run("submit", spec_file(tmp_path), "--address", address)
+    assert result.exit_code == 2
+    assert f"cannot reach a Ray dashboard at {address}" in result.output
+    assert not (tmp_path / "runs" / "t" / "runs").exists(), "no run record is written for a failed submit"
+
+
+def test_help_and_validate_import_no_heavy_modules(tmp_path):
+    code = textwrap.dedent(f"""
+        import sys
+        from click.testing import CliRunner
+        from cli.main import main
+        for args in (["--help"], ["validate", {spec_file(tmp_path)!r}], ["plan", {spec_file(tmp_path)!r}]):
+            r = CliRunner().invoke(main, args)
+            assert r.exit_code == 0, r.output
+        heavy = sorted(m for m in ("torch", "deepspeed", "vllm", "ray.train", "ray.serve") if m in sys.modules)
+        print(heavy)
+        """)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,65 @@
+"""Storage helpers behave the same on a local directory and on S3 (a real moto server on loopback)."""
+
+import pytest
+
+from cluster import storage
+from pipelines.errors import StorageError
+from tests.conftest import free_port
+
+
+@pytest.fixture(scope="module")
+def s3_root():
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    env = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    mp = pytest.MonkeyPatch()
+    for k, v in env.items():
+        mp.setenv(k, v)
+    boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1").create_bucket(Bucket="llm")
+    yield "s3://llm/prefix"
+    mp.undo()
+    server.stop()
+
+
+@pytest.fixture(params=["local", "s3"])
+def root(request, tmp_path):
+    return str(tmp_path) if request.param == "local" else request.getfixturevalue("s3_root") + f"/{tmp_path.name}"
+
+
+def test_write_read_list_expand_delete(root):
+    storage.write_json(storage.join(root, "a", "_SUCCESS"), {"rows": 3})
+    storage.write_text(storage.join(root, "a", "data", "part-1.jsonl"), "x\n")
+    storage.write_text(storage.join(root, "a", "data", "part-2.jsonl"), "y\n")
+    assert storage.read_json(storage.join(root, "a", "_SUCCESS")) == {"rows": 3}
+    assert storage.exists(storage.join(root, "a", "_SUCCESS"))
+    files = storage.list_files(storage.join(root, "a"), ".jsonl")
+    assert [f.rsplit("/", 1)[1] for f in files] == ["part-1.jsonl", "part-2.jsonl"]
+    assert storage.expand(storage.join(root, "a", "data", "*-2.jsonl")) == [files[1]]
+    assert storage.expand(storage.join(root, "a", "data")) == files
+    assert storage.fingerprint(files[0])["size"] == 2
+    storage.delete_dir(storage.join(root, "a"))
+    assert not storage.exists(storage.join(root, "a", "_SUCCESS"))
+
+
+def test_upload_and_download_dir(root, tmp_path):
+    src = tmp_path / "model"
+    src.mkdir()
+    (src / "config.json").write_text("{}")
+    target = storage.join(root, "exported")
+    storage.upload_dir(str(src), target)
+    with storage.local_copy(target) as local:
+        assert open(f"{local}/config.json").read() == "{}"
+
+
+def test_missing_input_is_a_storage_error(root):
+    with pytest.raises(StorageError, match="does not exist"):
+        storage.fingerprint(storage.join(root, "nope.jsonl"))
