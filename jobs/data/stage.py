@@ -179,20 +179,48 @@ def redact_pii(kept, spec) -> tuple[Any, dict[str, int]]:
 
 
 def write_outputs(ctx: StageContext, kept, rejected) -> dict[str, Any]:
-    """Write kept shards and the rejected sample; return the funnel counts (checked to balance)."""
+    """Write kept shards and the rejected sample; return the funnel counts (checked to balance).
+
+    Counting and sampling run per block and merge small per-reason tallies on the driver: no shuffle, so an
+    empty rejected set costs nothing and the driver never holds more than blocks x reasons x sample rows.
+    """
     spec = ctx.spec
     rejected = rejected.materialize()
-    by_reason = {r["reason"]: r["count()"] for r in rejected.groupby("reason").count().take_all()}
+    by_reason: dict[str, int] = {}
+    tallies = rejected.map_batches(_count_reasons, batch_format="pyarrow", batch_size=None)
+    for row in tallies.take_all():
+        by_reason[row["reason"]] = by_reason.get(row["reason"], 0) + row["n"]
     out = kept.count()
     kept.repartition(max(1, -(-out // spec.shard_rows))).write_parquet(ctx.path("data"))
-    sample = rejected if spec.rejected_sample is None else _sample_per_reason(rejected, spec.rejected_sample)
-    if sample.count():
+    if by_reason:
+        sample = rejected if spec.rejected_sample is None else _sample_per_reason(rejected, spec.rejected_sample)
         sample.write_parquet(ctx.path("rejected"))
     return funnel(out, by_reason)
 
 
+def _count_reasons(batch: pa.Table) -> pa.Table:
+    counts = pc.value_counts(batch.column("reason")).to_pylist()
+    return pa.table({"reason": [c["values"] for c in counts], "n": [c["counts"] for c in counts]},
+                    schema=pa.schema([("reason", pa.string()), ("n", pa.int64())]))  # fmt: skip
+
+
 def _sample_per_reason(rejected, n: int):
-    return rejected.groupby("reason").map_groups(lambda group: group.slice(0, n), batch_format="pyarrow")
+    """The first n rows of each reason (in dataset order): at most n per reason from each block, then trimmed."""
+    import ray
+    import ray.data
+
+    def head_per_reason(batch: pa.Table) -> pa.Table:
+        reasons = batch.column("reason").to_pylist()
+        seen: dict[str, int] = {}
+        keep = []
+        for reason in reasons:
+            seen[reason] = seen.get(reason, 0) + 1
+            keep.append(seen[reason] <= n)
+        return batch.filter(pa.array(keep))
+
+    candidates = rejected.map_batches(head_per_reason, batch_format="pyarrow", batch_size=None).to_arrow_refs()
+    tables = [t for t in ray.get(candidates) if t.num_rows]
+    return ray.data.from_arrow(head_per_reason(pa.concat_tables(tables, promote_options="default")))
 
 
 def funnel(out: int, by_reason: dict[str, int]) -> dict[str, Any]:
@@ -207,7 +235,7 @@ def funnel(out: int, by_reason: dict[str, int]) -> dict[str, Any]:
         "duplicates_exact": by_reason.get("duplicate:exact", 0),
         "duplicates_near": by_reason.get("duplicate:near", 0),
     }
-    accounted = rows["out"] + rows["quarantined"] + rows["filtered"] + rows["duplicates_exact"] + rows["duplicates_near"]
+    accounted = sum(v for k, v in rows.items() if k != "in")
     if accounted != rows["in"]:
         raise RuntimeError(f"funnel does not balance: {rows} vs reasons {by_reason}")  # internal invariant
     return {**rows, "by_reason": dict(sorted(by_reason.items()))}

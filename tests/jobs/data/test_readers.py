@@ -2,8 +2,8 @@
 
 import json
 
-import pyarrow.parquet as pq
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from jobs.data import readers

@@ -1,0 +1,1 @@
+"""Self-generated demo data: lets every stage run end to end with no downloads."""
