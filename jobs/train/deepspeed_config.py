@@ -1,0 +1,55 @@
+"""The DeepSpeed engine config a training stage runs with, built from its spec (a plain dict, no deepspeed import)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipelines.spec.train import DeepSpeedConfig, OptimConfig, ScheduleConfig
+
+# DeepSpeed prints a line every `steps_per_print` steps; our loop logs on its own cadence.
+NEVER = 2**31 - 1
+
+
+def build(
+    ds: DeepSpeedConfig, optim: OptimConfig, schedule: ScheduleConfig, num_workers: int, use_gpu: bool
+) -> dict[str, Any]:
+    """The full DeepSpeed config; the optimizer and LR schedule are passed to deepspeed.initialize as objects."""
+    precision = ds.resolved_precision(use_gpu)
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": schedule.micro_batch_size,
+        "gradient_accumulation_steps": schedule.grad_accum,
+        "train_batch_size": schedule.micro_batch_size * schedule.grad_accum * num_workers,
+        "gradient_clipping": optim.grad_clip,
+        "zero_optimization": zero_section(ds, ds.resolved_stage(num_workers), use_gpu),
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": precision == "fp16", "loss_scale": 0, "initial_scale_power": 16, "hysteresis": 2},
+        # Our AdamW is torch's (or DeepSpeedCPUAdam when offloading); DeepSpeed only vouches for its own.
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": NEVER,
+        "wall_clock_breakdown": False,
+    }
+    return merge(config, ds.overrides)
+
+
+def zero_section(ds: DeepSpeedConfig, stage: int, use_gpu: bool) -> dict[str, Any]:
+    section: dict[str, Any] = {"stage": stage}
+    if stage > 0:
+        section["contiguous_gradients"] = True
+        section["overlap_comm"] = use_gpu  # overlapping only pays off with a separate comm stream (CUDA)
+    offload = {"device": "cpu", "pin_memory": use_gpu}  # pinned host memory needs a CUDA device
+    if ds.offload_optimizer:
+        section["offload_optimizer"] = dict(offload)
+    if ds.offload_params:
+        section["offload_param"] = dict(offload)
+    return section
+
+
+def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """A new dict: `overrides` merged into `base`, recursing into nested dicts."""
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out

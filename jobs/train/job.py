@@ -1,0 +1,31 @@
+"""`TrainJob`: everything a training worker needs, built on the driver from a stage spec and pickled to workers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from jobs.train.model import ModelSource
+from jobs.train.objectives import Objective
+from pipelines.spec.train import OptimConfig, ScheduleConfig
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    stage: str  # stage name, for log lines
+    model: ModelSource
+    objective: Objective
+    optim: OptimConfig
+    schedule: ScheduleConfig
+    deepspeed: dict[str, Any]  # the full engine config (deepspeed_config.build)
+    precision: str  # resolved: fp32 | bf16 | fp16
+    zero_stage: int
+    offload_optimizer: bool
+    use_gpu: bool
+    tensorboard_uri: str
+    export_uri: str | None = None  # where rank 0 writes the Hugging Face model at the end; None skips export
+    tokenizer_uri: str | None = None  # tokenizer files copied into the export
+
+    @property
+    def export_dtype(self) -> str:
+        return {"bf16": "bfloat16", "fp16": "float16"}.get(self.precision, "float32")

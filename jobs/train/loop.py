@@ -1,0 +1,308 @@
+"""The training loop every training stage runs on each Ray Train worker, around one DeepSpeed engine.
+
+A step is `grad_accum` micro-batches of forward (`objective.loss`), backward and `engine.step()`; DeepSpeed
+applies the optimizer and LR schedule at the accumulation boundary. Around the steps the loop logs, evaluates
+and checkpoints on the schedule's cadences, and at the end evaluates, exports and reports the final metrics.
+Every decision that needs a collective (reports, evaluation, checkpoints, stopping) depends only on the step
+counter or on a value broadcast from rank 0, so all ranks take the same branch.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from itertools import islice
+from typing import Any
+
+from jobs.train import checkpoint, export
+from jobs.train.checkpoint import TrainerState
+from jobs.train.job import TrainJob
+from jobs.train.metrics import TensorBoard, Throughput, device_peak_flops, mfu
+from jobs.train.model import flops_per_token
+
+
+def train_worker(config: dict[str, Any]) -> dict[str, Any]:
+    """Ray Train entry point, run on every worker; rank 0's return value is the run's final metrics."""
+    job: TrainJob = config["job"]
+    if not job.use_gpu:
+        # DeepSpeed picks its accelerator when first imported; on CPU it must not go looking for CUDA.
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    return TrainLoop(job, splits=config["splits"]).run()
+
+
+class TrainLoop:
+    def __init__(self, job: TrainJob, splits: list[str]) -> None:
+        import ray.train
+        import ray.train.torch
+
+        context = ray.train.get_context()
+        self.job = job
+        self.splits = splits
+        self.rank = context.get_world_rank()
+        self.world = context.get_world_size()
+        self.device = ray.train.torch.get_device()
+        self.state = TrainerState()
+        self.resumed_from = 0
+        self.steps_run = 0
+        self.last_checkpoint = -1
+        self.loss_sum: Any = 0.0  # on-device sum of micro-batch losses since the last log (no per-step sync)
+        self.loss_count = 0
+        self.last_loss: float | None = None
+        self.eval_set: list[dict[str, Any]] | None = None  # validation micro-batches, read once per attempt
+        self.throughput = Throughput()
+        self.tensorboard = TensorBoard(job.tensorboard_uri, enabled=self.rank == 0)
+        self.attempt_start = time.monotonic()
+        self.prior_loop_time = 0.0  # loop time of earlier attempts, from the checkpoint
+
+    def run(self) -> dict[str, Any]:
+        import torch
+
+        self.log(f"{self.world} worker(s) on {self.device}, {torch.get_num_threads()} torch threads each")
+        self.engine = self.build_engine()
+        self.job.objective.setup(self.device)
+        self.resume()
+        self.flops_per_token = flops_per_token(self.engine.module.config, self.job.schedule.seq_len)
+        self.peak_flops = device_peak_flops(self.job.use_gpu)
+        batches = self.micro_batches()
+        stopped_by = "steps"
+        while self.state.step < self.job.schedule.steps:
+            if self.out_of_time():
+                stopped_by = "time_budget"
+                break
+            self.train_step(batches)
+            self.after_step()
+        return self.finish(stopped_by)
+
+    # --- set-up -------------------------------------------------------------------------------------------
+
+    def build_engine(self) -> Any:
+        import deepspeed
+
+        from jobs.train.optim import build_optimizer, scheduler_factory
+
+        job = self.job
+        model = job.model.build(seed=job.schedule.seed)
+        model.config.use_cache = False
+        optimizer = build_optimizer(model, job.optim, offload=job.offload_optimizer)
+        engine, _, _, _ = deepspeed.initialize(
+            model=model,
+            optimizer=optimizer,
+            lr_scheduler=scheduler_factory(job.optim, job.schedule.steps),
+            config=job.deepspeed,
+        )
+        return engine
+
+    def resume(self) -> None:
+        state = checkpoint.restore(self.engine)
+        if state is not None:
+            self.state = state
+            self.prior_loop_time = state.loop_time_s
+            self.resumed_from = self.last_checkpoint = state.step
+            self.log(f"resumed from step {state.step}")
+
+    def micro_batches(self) -> Iterator[dict[str, Any]]:
+        """Micro-batches of this worker's shard, epoch after epoch. After a resume, the micro-batches the
+        checkpointed run had already consumed in its epoch are skipped so the data is not seen twice."""
+        import ray.train
+        import torch
+
+        shard = ray.train.get_dataset_shard("train")
+        skip = self.state.batches_in_epoch
+        while True:
+            seen = 0
+            for batch in shard.iter_torch_batches(
+                batch_size=self.job.schedule.micro_batch_size, drop_last=True, dtypes=torch.long, device=self.device
+            ):
+                seen += 1
+                if seen <= skip:
+                    continue
+                self.state.batches_in_epoch = seen
+                yield batch
+            if seen == 0:
+                raise RuntimeError(
+                    f"the training split gave worker {self.rank} no micro-batch of "
+                    f"{self.job.schedule.micro_batch_size} sequences; add data, or lower micro_batch_size, "
+                    f"seq_len or the number of workers"
+                )
+            skip = 0
+            self.state.epoch += 1
+            self.state.batches_in_epoch = 0
+
+    # --- the step -------------------------------------------------------------------------------------------
+
+    def train_step(self, batches: Iterator[dict[str, Any]]) -> None:
+        start = time.perf_counter()
+        tokens = 0
+        for _ in range(self.job.schedule.grad_accum):
+            batch = next(batches)
+            loss, metrics = self.job.objective.loss(self.engine, batch)
+            self.engine.backward(loss)
+            self.engine.step()
+            self.loss_sum = self.loss_sum + loss.detach()
+            self.loss_count += 1
+            tokens += int(metrics["tokens"])
+        self.state.step += 1
+        self.steps_run += 1
+        self.state.tokens += tokens * self.world
+        self.throughput.add(tokens * self.world, time.perf_counter() - start)
+
+    def after_step(self) -> None:
+        schedule, step = self.job.schedule, self.state.step
+        metrics: dict[str, Any] = {"step": step}
+        if step % schedule.log_every == 0:
+            metrics.update(self.train_metrics())
+        if step % schedule.eval_every == 0:
+            metrics["eval_loss"] = self.evaluate()
+        if step % schedule.checkpoint_every == 0:
+            self.checkpoint(metrics)
+        elif len(metrics) > 1:
+            self.report(metrics)
+
+    def out_of_time(self) -> bool:
+        """Whether the time budget is spent, decided by rank 0 and broadcast so every rank stops together."""
+        budget = self.job.schedule.time_budget_s
+        if budget is None:
+            return False
+        import torch
+        import torch.distributed as dist
+
+        over = torch.tensor([float(self.loop_time() >= budget)], device=self.device)
+        if dist.is_initialized():
+            dist.broadcast(over, src=0)
+        return bool(over.item())
+
+    # --- metrics, evaluation, checkpoints -------------------------------------------------------------------
+
+    def train_metrics(self) -> dict[str, Any]:
+        if self.loss_count:
+            self.last_loss = self.mean_over_ranks(float(self.loss_sum) / self.loss_count)
+            self.loss_sum, self.loss_count = 0.0, 0
+        rate = self.throughput.window_rate()
+        return {
+            "loss": self.last_loss,
+            "lr": float(self.engine.get_lr()[0]),
+            "grad_norm": self.grad_norm(),
+            "tokens_per_s": rate,
+            "mfu": mfu(rate, self.flops_per_token, self.peak_flops, self.world),
+            "tokens": self.state.tokens,
+            "epoch": self.state.epoch,
+        }
+
+    def grad_norm(self) -> float | None:
+        norm = self.engine.get_global_grad_norm()
+        return None if norm is None else float(norm)
+
+    def evaluate(self) -> float | None:
+        """Mean loss per token over the validation micro-batches of all ranks."""
+        if "val" not in self.splits:
+            return None
+        import torch
+
+        total = torch.zeros(2, dtype=torch.float64, device=self.device)  # (loss × tokens, tokens)
+        self.engine.eval()
+        with torch.no_grad():
+            for batch in self.validation_batches():
+                loss, metrics = self.job.objective.loss(self.engine, batch)
+                total += torch.stack([loss.double() * metrics["loss_tokens"], total.new_tensor(metrics["loss_tokens"])])
+        self.engine.train()
+        self.all_reduce(total)
+        return float(total[0] / total[1]) if total[1] > 0 else None
+
+    def validation_batches(self) -> list[dict[str, Any]]:
+        """Up to `eval_batches` micro-batches of this worker's validation shard, kept in memory after the first
+        evaluation: re-running the Ray Data pipeline for every evaluation would cost more than the evaluation."""
+        if self.eval_set is None:
+            import ray.train
+            import torch
+
+            batches = ray.train.get_dataset_shard("val").iter_torch_batches(
+                batch_size=self.job.schedule.micro_batch_size, drop_last=True, dtypes=torch.long, device=self.device
+            )
+            self.eval_set = list(islice(batches, self.job.schedule.eval_batches))
+        return self.eval_set
+
+    def checkpoint(self, metrics: dict[str, Any]) -> None:
+        self.state.loop_time_s = self.loop_time()
+        self.tensorboard.log(self.state.step, metrics)
+        self.tensorboard.sync()
+        self.progress(metrics)
+        checkpoint.save(self.engine, self.state, metrics, self.rank)
+        self.last_checkpoint = self.state.step
+
+    def report(self, metrics: dict[str, Any]) -> None:
+        import ray.train
+
+        self.tensorboard.log(self.state.step, metrics)
+        self.progress(metrics)
+        ray.train.report(metrics)
+
+    def finish(self, stopped_by: str) -> dict[str, Any]:
+        final = {**self.summary(stopped_by), "eval_loss": self.evaluate()}
+        if self.job.export_uri:
+            export.export(self.engine, self.rank, self.job.export_dtype, self.job.tokenizer_uri, self.job.export_uri)
+        if self.last_checkpoint != self.state.step:
+            self.checkpoint(final)
+        else:
+            self.report(final)
+        self.tensorboard.close()
+        return final
+
+    def summary(self, stopped_by: str) -> dict[str, Any]:
+        if self.loss_count:
+            self.train_metrics()
+        rate = self.throughput.steady_rate()
+        return {
+            "step": self.state.step,
+            "tokens": self.state.tokens,
+            "epoch": self.state.epoch,
+            "train_loss": self.last_loss,
+            "tokens_per_s": rate,
+            "tokens_per_s_median": self.throughput.median_rate(),
+            "mfu": mfu(rate, self.flops_per_token, self.peak_flops, self.world),
+            "flops_per_token": self.flops_per_token,
+            "params": sum(int(getattr(p, "ds_numel", p.numel())) for p in self.engine.module.parameters()),
+            "resumed_from_step": self.resumed_from,
+            "steps_run": self.steps_run,
+            "loop_time_s": self.loop_time(),
+            "stopped_by": stopped_by,
+            "world_size": self.world,
+            "precision": self.job.precision,
+            "zero_stage": self.job.zero_stage,
+        }
+
+    # --- helpers --------------------------------------------------------------------------------------------
+
+    def loop_time(self) -> float:
+        """Training-loop wall time over all attempts: what the checkpoint recorded plus this attempt's."""
+        return self.prior_loop_time + (time.monotonic() - self.attempt_start)
+
+    def all_reduce(self, tensor: Any) -> None:
+        import torch.distributed as dist
+
+        if dist.is_initialized() and self.world > 1:
+            dist.all_reduce(tensor)
+
+    def mean_over_ranks(self, value: float) -> float:
+        import torch
+
+        tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
+        self.all_reduce(tensor)
+        return float(tensor.item() / self.world)
+
+    def progress(self, metrics: dict[str, Any]) -> None:
+        if self.rank == 0:
+            fields = " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items())
+            print(f"[{self.job.stage}] progress {fields}", flush=True)
+
+    def log(self, message: str) -> None:
+        if self.rank == 0:
+            print(f"[{self.job.stage}] {message}", flush=True)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

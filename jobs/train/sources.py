@@ -1,0 +1,78 @@
+"""Where a training stage's inputs live: an earlier stage's output or a path the user gave."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from cluster import storage
+from jobs.context import StageContext
+from pipelines.errors import StageError
+
+
+def resolve(ctx: StageContext, ref: str) -> str:
+    """The URI behind a reference field: the referenced stage's output, or the value as a path or URI."""
+    if ref in ctx.inputs:
+        return ctx.input(ref).uri
+    return storage.absolute(ref)
+
+
+def parquet_files(uri: str, field: str) -> list[str]:
+    """Parquet shards of a data stage output (`<uri>/data/*.parquet`) or of a plain directory of Parquet files."""
+    for root in (storage.join(uri, "data"), uri):
+        files = storage.list_files(root, suffix=".parquet")
+        if files:
+            return files
+    raise StageError(
+        f"{field}: no Parquet files under '{uri}' or '{storage.join(uri, 'data')}'. Point it at a data stage or a "
+        f"directory of .parquet files with a text column."
+    )
+
+
+@dataclass(frozen=True)
+class TokenizerInfo:
+    """What training needs from a tokenizer directory: its serialized fast tokenizer and special-token ids."""
+
+    uri: str
+    tokenizer_json: str
+    vocab_size: int  # including added tokens
+    eos_id: int
+    bos_id: int | None
+    pad_id: int | None
+
+
+def tokenizer_info(uri: str, field: str) -> TokenizerInfo:
+    """Read tokenizer.json and tokenizer_config.json of a Hugging Face tokenizer directory."""
+    from tokenizers import Tokenizer
+
+    path = storage.join(uri, "tokenizer.json")
+    if not storage.exists(path):
+        raise StageError(
+            f"{field}: '{uri}' has no tokenizer.json; point it at a tokenizer stage or a Hugging Face tokenizer "
+            f"directory saved by a fast tokenizer."
+        )
+    config_path = storage.join(uri, "tokenizer_config.json")
+    config = storage.read_json(config_path) if storage.exists(config_path) else {}
+    text = storage.read_text(path)
+    tok = Tokenizer.from_str(text)
+    ids = {name: _token_id(tok, config, name) for name in ("eos_token", "bos_token", "pad_token")}
+    if ids["eos_token"] is None:
+        raise StageError(
+            f"{field}: the tokenizer at '{uri}' defines no eos_token in tokenizer_config.json; documents are packed "
+            f"with an end-of-text separator, so add one (the tokenizer stage does this)."
+        )
+    return TokenizerInfo(
+        uri=uri,
+        tokenizer_json=text,
+        vocab_size=tok.get_vocab_size(with_added_tokens=True),
+        eos_id=ids["eos_token"],
+        bos_id=ids["bos_token"],
+        pad_id=ids["pad_token"],
+    )
+
+
+def _token_id(tok: Any, config: dict[str, Any], name: str) -> int | None:
+    value = config.get(name)
+    if isinstance(value, dict):  # an AddedToken serialised as a dict
+        value = value.get("content")
+    return tok.token_to_id(value) if isinstance(value, str) else None

@@ -1,0 +1,120 @@
+"""Pure pieces of the training core: LR schedule, packing, split, DeepSpeed config, FLOPs and MFU."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pytest
+
+from jobs.train import deepspeed_config, metrics, packing
+from jobs.train.model import flops_per_token, llama_config, round_up
+from jobs.train.optim import lr_factor
+from jobs.train.sources import TokenizerInfo
+from pipelines.spec.train import DeepSpeedConfig, ModelConfig, OptimConfig, ScheduleConfig
+
+
+def test_lr_warmup_then_cosine_to_min():
+    f = [lr_factor(s, warmup=10, total=110, min_ratio=0.1) for s in range(0, 120)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert f[10] == pytest.approx(1.0) and f[60] == pytest.approx(0.55)
+    assert f[110] == pytest.approx(0.1) and f[119] == pytest.approx(0.1)  # held at min past the end
+    assert all(a >= b for a, b in zip(f[10:-1], f[11:], strict=True))
+
+
+def test_pack_joins_with_eos_and_drops_the_partial_window():
+    packed = packing.pack([[1, 2, 3], [4, 5], [6, 7, 8, 9]], seq_len=4, eos_id=0)
+    assert packed.dtype == np.int32
+    assert packed.tolist() == [[1, 2, 3, 0], [4, 5, 0, 6], [7, 8, 9, 0]]
+    assert packing.pack([[1]], seq_len=4, eos_id=0).shape == (0, 4)
+
+
+def test_validation_split_is_stable_and_near_the_fraction():
+    texts = [f"document {i}" for i in range(20000)]
+    held = [t for t in texts if packing.is_validation(t, 0.1)]
+    assert abs(len(held) / len(texts) - 0.1) < 0.01
+    assert held == [t for t in texts if packing.is_validation(t, 0.1)]
+
+
+def test_tokenize_and_pack_keeps_only_its_split(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel({"a": 1, "b": 2, "<eos>": 0}, unk_token="<eos>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    texts = np.array([" ".join("ab"[int(c)] for c in bin(i)[2:]) for i in range(1, 201)], dtype=object)  # distinct
+    common = {"tokenizer_json": tok.to_str(), "text_column": "text", "seq_len": 4, "eos_id": 0, "val_fraction": 0.3}
+    train = packing.tokenize_and_pack({"text": texts}, split="train", **common)["input_ids"]
+    val = packing.tokenize_and_pack({"text": texts}, split="val", **common)["input_ids"]
+    n_val = sum(packing.is_validation(str(t), 0.3) for t in texts)
+    val_tokens = sum(len(str(t).split()) + 1 for t in texts if packing.is_validation(str(t), 0.3))
+    assert 0 < n_val < 200 and val.shape == (val_tokens // 4, 4)
+    assert train.shape[0] + val.shape[0] >= (sum(len(str(t).split()) + 1 for t in texts) // 4) - 1
+
+
+def test_deepspeed_config_from_spec():
+    ds = DeepSpeedConfig(
+        zero_stage=3,
+        offload_params=True,
+        offload_optimizer=True,
+        overrides={"zero_optimization": {"reduce_bucket_size": 1000}},
+    )
+    config = deepspeed_config.build(ds, OptimConfig(grad_clip=0.5), ScheduleConfig(micro_batch_size=4, grad_accum=3),
+                                    num_workers=2, use_gpu=False)  # fmt: skip
+    assert config["train_batch_size"] == 24 and config["gradient_accumulation_steps"] == 3
+    assert config["gradient_clipping"] == 0.5
+    zero = config["zero_optimization"]
+    assert zero["stage"] == 3 and zero["reduce_bucket_size"] == 1000
+    assert zero["offload_param"] == {"device": "cpu", "pin_memory": False}
+    assert not config["bf16"]["enabled"] and not config["fp16"]["enabled"]
+    gpu = deepspeed_config.build(DeepSpeedConfig(), OptimConfig(), ScheduleConfig(), num_workers=8, use_gpu=True)
+    single = deepspeed_config.build(DeepSpeedConfig(zero_stage=2), OptimConfig(), ScheduleConfig(), 1, use_gpu=False)
+    assert single["zero_optimization"] == {"stage": 0}  # nothing to shard over one rank
+    assert gpu["bf16"]["enabled"] and gpu["zero_optimization"] == {
+        "stage": 2, "contiguous_gradients": True, "overlap_comm": True}  # fmt: skip
+
+
+def test_llama_config_and_flops():
+    tok = TokenizerInfo(uri="x", tokenizer_json="", vocab_size=1000, eos_id=0, bos_id=None, pad_id=1)
+    kwargs = llama_config(ModelConfig(preset="1b"), tok, seq_len=2048)
+    assert kwargs["vocab_size"] == round_up(1000, 64) == 1024
+    assert kwargs["bos_token_id"] == 0 and kwargs["max_position_embeddings"] == 2048
+    assert kwargs["rope_parameters"]["rope_theta"] == 500_000.0
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(**llama_config(ModelConfig(preset="tiny"), tok, seq_len=64))
+    model = LlamaForCausalLM(config)
+    matmul = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2)  # embeddings = the tied head
+    assert flops_per_token(config, 64) == 6 * matmul + 12 * 2 * 64 * 64
+
+
+def test_mfu_needs_a_peak(monkeypatch):
+    monkeypatch.delenv(metrics.PEAK_ENV, raising=False)
+    assert metrics.device_peak_flops(use_gpu=False) is None
+    assert metrics.mfu(1000.0, 1e9, None, 2) is None
+    assert metrics.mfu(1000.0, 1e9, 1e12, 2) == pytest.approx(0.5)
+    monkeypatch.setenv(metrics.PEAK_ENV, "2e12")
+    assert metrics.device_peak_flops(use_gpu=False) == 2e12
+
+
+def test_throughput_skips_warmup_steps():
+    meter = metrics.Throughput(warmup=2)
+    for seconds in (10.0, 10.0, 1.0, 1.0):
+        meter.add(100, seconds)
+    assert meter.steady_rate() == pytest.approx(100.0) and meter.median_rate() == pytest.approx(100.0)
+    assert meter.window_rate() == pytest.approx(400 / 22) and meter.window_rate() == 0.0
+    assert math.isfinite(meter.steady_rate())
+
+
+def test_checkpoints_go_to_s3_through_our_filesystem(monkeypatch):
+    import pyarrow.fs as pafs
+
+    from jobs.train import launch
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    args = launch.storage_args("s3://bucket/runs/p/pretrain/key/_state")
+    assert args["storage_path"] == "bucket/runs/p/pretrain/key/_state"
+    assert isinstance(args["storage_filesystem"], pafs.S3FileSystem)
+    assert launch.storage_args("relative/_state") == {"storage_path": os.path.abspath("relative/_state")}
