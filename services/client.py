@@ -1,0 +1,68 @@
+"""Talking to a deployed app: the hint `llmctl submit` prints, and one question through the official openai client.
+
+`python -m services.client NAME "What is Ray?" [--address URL] [--api-key-env LLMCTL_API_KEY]` looks the endpoint
+up by application name and prints the model's answer (what `make run` ends with).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from pipelines.errors import ClusterError, LlmctlError
+
+
+def usage(endpoint: str, model: str, dashboard_url: str | None = None, api_key_env: str | None = None) -> str:
+    """Endpoint, dashboard and a copy-paste curl for a freshly deployed app."""
+    auth = f' \\\n  -H "Authorization: Bearer ${api_key_env}"' if api_key_env else ""
+    lines = [f"Endpoint:  {endpoint}  (OpenAI-compatible; model id '{model}')"]
+    if dashboard_url:
+        lines.append(f"Dashboard: {dashboard_url.rstrip('/')}/#/serve")
+    lines += [
+        "Try it:",
+        f"  curl {endpoint}/chat/completions{auth} \\",
+        "  -H 'Content-Type: application/json' \\",
+        f'  -d \'{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello!"}}]}}\'',
+    ]
+    return "\n".join(lines)
+
+
+def ask(endpoint: str, model: str, question: str, api_key: str | None = None, max_tokens: int = 64) -> str:
+    """One chat completion through the official openai client."""
+    import openai
+
+    client = openai.OpenAI(base_url=endpoint, api_key=api_key or "no-key", max_retries=2, timeout=120)
+    try:
+        reply = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": question}], max_tokens=max_tokens
+        )
+    except openai.APIError as exc:
+        raise ClusterError(f"{endpoint} did not answer: {exc}") from exc
+    return reply.choices[0].message.content or ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m services.client", description="Ask a served model one question.")
+    parser.add_argument("name", help="Serve application name (the model id).")
+    parser.add_argument("question")
+    parser.add_argument("--address", help="Ray dashboard URL or GCS address; default: the local head.")
+    parser.add_argument("--endpoint", help="OpenAI base URL; default: looked up from the application's status.")
+    parser.add_argument("--api-key-env", default="LLMCTL_API_KEY", help="Environment variable holding the key.")
+    args = parser.parse_args(argv)
+    try:
+        endpoint = args.endpoint
+        if endpoint is None:
+            from services import lifecycle
+
+            endpoint = lifecycle.status(args.name, args.address)["endpoint"]
+        answer = ask(endpoint, args.name, args.question, os.environ.get(args.api_key_env))
+    except LlmctlError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(f"Q: {args.question}\nA: {answer}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

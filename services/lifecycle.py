@@ -1,0 +1,309 @@
+"""Deploy, inspect, rescale and remove llmctl Serve applications.
+
+Two ways in, one implementation:
+- in the cluster (a Ray driver: the pipeline job, a test, `python -m services.remote`): Ray Serve's Python API;
+- from outside through a dashboard URL (`http://head:8265`, what `llmctl --address` takes): `status` reads Serve's
+  REST API, `scale`/`down` run themselves as a short Ray job (services.remote), because a dashboard address gives
+  no driver connection and Serve's REST API can only replace or delete every application at once.
+
+An app's build inputs (`AppRecord`) are kept in the cluster's internal KV, so a rescale rebuilds exactly the app
+the pipeline deployed; with its pinned versions Serve applies it without restarting a replica.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+from pipelines.errors import ClusterError, SpecError, StageError
+from services import remote
+from services.app import SERVER_PREFIX, AppRecord, build_app
+
+KV_NAMESPACE = "llmctl"
+Log = Callable[[str], None]
+
+
+def _kv_key(name: str) -> bytes:
+    return f"serve/{name}".encode()
+
+
+def save_record(record: AppRecord) -> None:
+    from ray.experimental import internal_kv
+
+    internal_kv._internal_kv_put(_kv_key(record.name), record.model_dump_json(), overwrite=True, namespace=KV_NAMESPACE)
+
+
+def load_record(name: str) -> AppRecord:
+    from ray.experimental import internal_kv
+
+    raw = internal_kv._internal_kv_get(_kv_key(name), namespace=KV_NAMESPACE)
+    if raw is None:
+        raise ClusterError(
+            f"no llmctl record for Serve application '{name}' on this cluster: it was not deployed by a llmctl "
+            f"serve stage (running apps: {', '.join(_app_names()) or 'none'}). Re-run the pipeline to deploy it."
+        )
+    return AppRecord.model_validate_json(raw)
+
+
+def delete_record(name: str) -> None:
+    from ray.experimental import internal_kv
+
+    internal_kv._internal_kv_del(_kv_key(name), namespace=KV_NAMESPACE)
+
+
+def _app_names() -> list[str]:
+    from ray import serve
+
+    return sorted(serve.status().applications)
+
+
+def start_serve(host: str, port: int, log: Log) -> tuple[str, int]:
+    """Start Serve's HTTP proxy on host:port unless Serve runs already; return where the proxy really listens."""
+    from ray import serve
+    from ray.serve.context import _get_global_client
+
+    serve.start(http_options={"host": host, "port": port})
+    http = _get_global_client().http_config
+    if (http.host, http.port) != (host, port):
+        log(f"Serve already runs with its proxy on {http.host}:{http.port}; serving there (asked {host}:{port}).")
+    return http.host, http.port
+
+
+def endpoint_url(host: str, port: int, route_prefix: str) -> str:
+    """The OpenAI base URL clients use (…/v1)."""
+    if host in ("0.0.0.0", "::", ""):
+        import ray
+
+        host = ray.util.get_node_ip_address()
+    return f"http://{host}:{port}{route_prefix.rstrip('/')}/v1"
+
+
+def deploy(record: AppRecord, log: Log = print) -> dict[str, Any]:
+    """Deploy (or roll) the application, wait until it serves, and describe it."""
+    from ray import serve
+
+    http = record.stage.http
+    host, port = start_serve(http.host, http.port, log)
+    started = time.monotonic()
+    target = serve.RunTarget(target=build_app(record), name=record.name, route_prefix=http.route_prefix)
+    serve.run_many([target], wait_for_applications_running=False)
+    save_record(record)
+    wait_running(record.name, record.stage.deploy_timeout_s, log)
+    endpoint = endpoint_url(host, port, http.route_prefix)
+    wait_http(endpoint.removesuffix("/v1") + "/health", timeout_s=120.0)
+    summary = status(record.name)
+    summary["deploy_s"] = round(time.monotonic() - started, 1)
+    return summary
+
+
+def _deployment_problems(app: Any) -> str:
+    return "; ".join(f"{name}: {d.status.value} {d.message}".strip() for name, d in app.deployments.items())
+
+
+def wait_running(name: str, timeout_s: float, log: Log = print, poll_s: float = 2.0) -> None:
+    """Block until the app is RUNNING with every deployment HEALTHY (rollouts included); fail with Serve's words."""
+    from ray import serve
+
+    deadline, last_log = time.monotonic() + timeout_s, 0.0
+    while True:
+        app = serve.status().applications.get(name)
+        state = app.status.value if app else "NOT_STARTED"
+        healthy = app is not None and all(d.status.value == "HEALTHY" for d in app.deployments.values())
+        if state == "RUNNING" and healthy:
+            return
+        if state == "DEPLOY_FAILED":
+            raise StageError(f"Serve application '{name}' failed to deploy: {app.message} {_deployment_problems(app)}")
+        if time.monotonic() > deadline:
+            detail = _deployment_problems(app) if app else "no such application"
+            raise StageError(
+                f"Serve application '{name}' is not healthy after {timeout_s:.0f}s (status {state}): {detail}. "
+                "If replicas cannot be scheduled, lower placement.cpus_per_replica or add nodes; raise "
+                "deploy_timeout_s for slow model loads."
+            )
+        if time.monotonic() - last_log > 15:
+            log(f"waiting for '{name}': {state}; {_deployment_problems(app) if app else ''}")
+            last_log = time.monotonic()
+        time.sleep(poll_s)
+
+
+def wait_http(url: str, timeout_s: float) -> None:
+    """Block until the proxy routes to the app (the route table lags the app status by a moment)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise StageError(f"the application reports RUNNING but {url} did not answer 200 in {timeout_s:.0f}s")
+        time.sleep(1.0)
+
+
+# ---- status / scale / down -------------------------------------------------------------------------------------
+
+
+def is_dashboard(address: str | None) -> bool:
+    return bool(address) and address.startswith(("http://", "https://"))
+
+
+def connect(address: str | None = None) -> None:
+    """Join the cluster as a driver: `address` (GCS host:port or ray://), else RAY_ADDRESS, else the local head."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    from cluster.local import LocalHead
+
+    target = address or os.environ.get("RAY_ADDRESS") or LocalHead().gcs_address
+    try:
+        ray.init(address=target, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise ClusterError(
+            f"cannot reach a Ray cluster at {target}: {exc}. Start one with `llmctl cluster up` or pass --address."
+        ) from exc
+
+
+def serve_details(address: str | None = None) -> dict[str, Any]:
+    """Serve's instance details (applications, deployments, replicas, HTTP options), as its REST API returns them."""
+    if is_dashboard(address):
+        return _get_json(f"{address.rstrip('/')}/api/serve/applications/")
+    connect(address)
+    from ray.serve.context import _get_global_client
+
+    try:
+        client = _get_global_client()
+    except Exception:  # Serve's controller is not running: there are no applications
+        return {"applications": {}, "http_options": {}}
+    return json.loads(json.dumps(client.get_serve_details(), default=str))
+
+
+def _get_json(url: str) -> dict[str, Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            return json.loads(resp.read())
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise ClusterError(f"cannot read {url}: {exc}. Is the Ray dashboard address right?") from exc
+
+
+def summarize(details: dict[str, Any], name: str, host_fallback: str = "127.0.0.1") -> dict[str, Any]:
+    """One application's status: overall state, endpoint, and per deployment its replicas and autoscaling."""
+    apps = details.get("applications") or {}
+    if name not in apps:
+        raise ClusterError(f"no Serve application named '{name}' (running: {', '.join(sorted(apps)) or 'none'}).")
+    app, http = apps[name], details.get("http_options") or {}
+    deployments = {dname: _summarize_deployment(d) for dname, d in (app.get("deployments") or {}).items()}
+    model_name = next((dname for dname in deployments if dname.startswith(SERVER_PREFIX)), None)
+    model = deployments.get(model_name, {})
+    host = http.get("host", "127.0.0.1")
+    host = host_fallback if host in ("0.0.0.0", "::", "") else host
+    prefix = app.get("route_prefix") or "/"
+    return {
+        "name": name,
+        "status": app.get("status"),
+        "message": app.get("message", ""),
+        "endpoint": f"http://{host}:{http.get('port', 8000)}{prefix.rstrip('/')}/v1",
+        "replicas": model.get("replicas", {}).get("RUNNING", 0),
+        "model_deployment": model_name,
+        "deployments": deployments,
+    }
+
+
+def _summarize_deployment(d: dict[str, Any]) -> dict[str, Any]:
+    replicas: dict[str, int] = {}
+    for replica in d.get("replicas") or []:
+        replicas[replica.get("state", "?")] = replicas.get(replica.get("state", "?"), 0) + 1
+    auto = (d.get("deployment_config") or {}).get("autoscaling_config") or {}
+    return {
+        "status": d.get("status"),
+        "message": d.get("message", ""),
+        "target_replicas": d.get("target_num_replicas"),
+        "replicas": replicas,
+        "autoscaling": {k: auto.get(k) for k in ("min_replicas", "max_replicas", "target_ongoing_requests")},
+    }
+
+
+def status(name: str, address: str | None = None) -> dict[str, Any]:
+    from urllib.parse import urlparse
+
+    host = urlparse(address).hostname if is_dashboard(address) else None
+    if host is None:
+        connect(address)
+        import ray
+
+        host = ray.util.get_node_ip_address()
+    return summarize(serve_details(address), name, host_fallback=host)
+
+
+def scale_changes(
+    min_replicas: int | None = None,
+    max_replicas: int | None = None,
+    target_ongoing_requests: float | None = None,
+    replicas: int | None = None,
+) -> dict[str, Any]:
+    """Autoscaling fields to change; `replicas` pins min and max to one count."""
+    if replicas is not None:
+        if min_replicas is not None or max_replicas is not None:
+            raise SpecError("pass either --replicas or --min/--max, not both.")
+        min_replicas = max_replicas = replicas
+    named = {"min_replicas": min_replicas, "max_replicas": max_replicas}
+    named["target_ongoing_requests"] = target_ongoing_requests
+    changes = {k: v for k, v in named.items() if v is not None}
+    if not changes:
+        raise SpecError("nothing to change: pass --replicas N, or any of --min N, --max N, --target X.")
+    return changes
+
+
+def rescaled(record: AppRecord, changes: dict[str, Any]) -> AppRecord:
+    """The record with new autoscaling bounds, checked by the same rules as the spec."""
+    from pydantic import ValidationError
+
+    from pipelines.spec.serve import Autoscaling
+
+    # initial_replicas only matters at the first deploy; keeping it could contradict the new bounds.
+    fields = {**record.stage.autoscaling.model_dump(), "initial_replicas": None, **changes}
+    try:
+        return record.with_autoscaling(Autoscaling.model_validate(fields))
+    except ValidationError as exc:
+        reason = exc.errors()[0]["msg"].removeprefix("Value error, ")
+        raise SpecError(f"cannot scale '{record.name}': {reason}") from None
+
+
+def scale(name: str, address: str | None = None, timeout_s: float = 600.0, **changes: Any) -> dict[str, Any]:
+    """Change an app's autoscaling bounds in place (a lightweight Serve update: no replica restarts)."""
+    changes = scale_changes(**changes)
+    if is_dashboard(address):
+        flags = [f"--{_FLAGS[k]}={v}" for k, v in changes.items()]
+        return remote.run(address, ["scale", name, *flags], timeout_s)
+    from ray import serve
+
+    connect(address)
+    record = rescaled(load_record(name), changes)
+    target = serve.RunTarget(target=build_app(record), name=name, route_prefix=record.stage.http.route_prefix)
+    serve.run_many([target], wait_for_applications_running=False)
+    save_record(record)
+    wait_running(name, timeout_s, log=lambda _: None)
+    return status(name)
+
+
+def down(name: str, address: str | None = None, timeout_s: float = 600.0) -> dict[str, Any]:
+    """Delete the application and its record."""
+    if is_dashboard(address):
+        return remote.run(address, ["down", name], timeout_s)
+    from ray import serve
+
+    connect(address)
+    if name not in serve.status().applications:
+        raise ClusterError(f"no Serve application named '{name}' (running: {', '.join(_app_names()) or 'none'}).")
+    serve.delete(name)
+    delete_record(name)
+    return {"name": name, "deleted": True}
+
+
+_FLAGS = {"min_replicas": "min", "max_replicas": "max", "target_ongoing_requests": "target"}

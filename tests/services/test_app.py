@@ -1,0 +1,179 @@
+"""How a serve spec becomes a Serve LLM application: engine, placement, versions, rescaling, status summaries."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipelines.errors import ClusterError, SpecError
+from pipelines.spec.serve import ServeStage
+from services import app, lifecycle
+from services.app import AppRecord
+from services.client import usage
+
+
+def record(**fields) -> AppRecord:
+    spec = {"kind": "serve", "model": "sft", "autoscaling": {"max_replicas": 2, "target_ongoing_requests": 4}}
+    stage = ServeStage.model_validate({**spec, **fields})
+    return AppRecord(stage=stage, name="chat", model_source="/models/chat", model_fingerprint="f1")
+
+
+def test_engine_kwargs_default_memory_by_device():
+    cpu = app.engine_kwargs(record().stage)
+    assert cpu == {"dtype": "auto", "enforce_eager": False, "tensor_parallel_size": 1, "gpu_memory_utilization": 0.2}
+    gpu = app.engine_kwargs(record(placement={"use_gpu": True}, engine={"max_model_len": 2048}).stage)
+    assert gpu["gpu_memory_utilization"] == 0.9 and gpu["max_model_len"] == 2048
+    exact = app.engine_kwargs(record(engine={"kv_cache_bytes": 1 << 26, "kwargs": {"max_num_seqs": 8}}).stage)
+    assert exact["kv_cache_memory_bytes"] == 1 << 26 and exact["max_num_seqs"] == 8
+
+
+def test_cpu_replicas_reserve_exactly_their_cpus_gpu_replicas_their_gpus():
+    cpu = app.llm_config_kwargs(record(placement={"cpus_per_replica": 2}))
+    assert cpu["accelerator_config"] == {"kind": "cpu"}
+    assert cpu["placement_group_config"] == {"bundles": [{"CPU": 2.0}], "strategy": "PACK"}
+    assert cpu["deployment_config"]["ray_actor_options"] == {"num_cpus": 0}
+    gpu = app.llm_config_kwargs(record(placement={"use_gpu": True, "accelerator_type": "A10G"}))
+    assert gpu["accelerator_config"] == {"kind": "gpu"} and gpu["accelerator_type"] == "A10G"
+    assert gpu["placement_group_config"] is None and gpu["deployment_config"]["ray_actor_options"] == {"num_cpus": 1.0}
+
+
+def test_autoscaling_and_rollout_reach_the_deployment():
+    deployment = app.llm_config_kwargs(record(max_surge_percent=50))["deployment_config"]
+    assert deployment["max_surge_percent"] == 50
+    assert deployment["autoscaling_config"] == {
+        "min_replicas": 1,
+        "max_replicas": 2,
+        "initial_replicas": 1,
+        "target_ongoing_requests": 4.0,
+        "upscale_delay_s": 30.0,
+        "downscale_delay_s": 600.0,
+    }
+
+
+def test_engine_env_joins_the_job_runtime_env():
+    rec = record(engine={"env": {"VLLM_CPU_OMP_THREADS_BIND": "all"}}).model_copy(
+        update={"runtime_env": {"working_dir": "gcs://pkg.zip", "env_vars": {"A": "1"}}}
+    )
+    env = app.runtime_env(rec)
+    assert env == {"working_dir": "gcs://pkg.zip", "env_vars": {"A": "1", "VLLM_CPU_OMP_THREADS_BIND": "all"}}
+
+
+def test_versions_roll_only_what_changed():
+    base = record()
+    server, ingress = app.versions(base)
+    rescaled = lifecycle.rescaled(base, {"max_replicas": 4})
+    assert app.versions(rescaled) == (server, ingress)  # a rescale restarts nothing
+    assert app.versions(record(http={"port": 9000})) == (server, ingress)
+    keyed = base.model_copy(update={"key_digests": ("sha256:" + "1" * 64,)})
+    assert app.versions(keyed)[0] == server and app.versions(keyed)[1] != ingress  # new key: ingress only
+    new_model = base.model_copy(update={"model_fingerprint": "f2"})
+    assert app.versions(new_model)[0] != server and app.versions(new_model)[1] != ingress
+
+
+def test_scale_changes_and_their_errors():
+    assert lifecycle.scale_changes(replicas=3) == {"min_replicas": 3, "max_replicas": 3}
+    assert lifecycle.scale_changes(max_replicas=4, target_ongoing_requests=2) == {
+        "max_replicas": 4,
+        "target_ongoing_requests": 2,
+    }
+    with pytest.raises(SpecError, match="nothing to change"):
+        lifecycle.scale_changes()
+    with pytest.raises(SpecError, match="either --replicas or --min/--max"):
+        lifecycle.scale_changes(replicas=2, max_replicas=3)
+    with pytest.raises(SpecError, match=r"cannot scale 'chat': autoscaling.min_replicas \(3\) is above max_replicas"):
+        lifecycle.rescaled(record(), {"min_replicas": 3})
+
+
+DETAILS = {
+    "http_options": {"host": "0.0.0.0", "port": 8123},
+    "applications": {
+        "chat": {
+            "status": "RUNNING",
+            "route_prefix": "/chat",
+            "deployments": {
+                "LLMServer:chat": {
+                    "status": "UPSCALING",
+                    "target_num_replicas": 2,
+                    "deployment_config": {"autoscaling_config": {"min_replicas": 1, "max_replicas": 2}},
+                    "replicas": [{"state": "RUNNING"}, {"state": "STARTING"}],
+                },
+                "LlmctlIngress": {"status": "HEALTHY", "deployment_config": {}, "replicas": [{"state": "RUNNING"}]},
+            },
+        }
+    },
+}
+
+
+def test_summarize_serve_details():
+    s = lifecycle.summarize(DETAILS, "chat", host_fallback="10.0.0.5")
+    assert s["endpoint"] == "http://10.0.0.5:8123/chat/v1" and s["replicas"] == 1
+    model = s["deployments"]["LLMServer:chat"]
+    assert model["replicas"] == {"RUNNING": 1, "STARTING": 1} and model["target_replicas"] == 2
+    assert s["model_deployment"] == "LLMServer:chat"
+    with pytest.raises(ClusterError, match=r"no Serve application named 'nope' \(running: chat\)"):
+        lifecycle.summarize(DETAILS, "nope")
+
+
+def test_usage_hint_has_endpoint_dashboard_and_curl():
+    text = usage("http://h:8000/v1", "chat", "http://h:8265", api_key_env="LLMCTL_API_KEY")
+    assert "Endpoint:  http://h:8000/v1" in text and "Dashboard: http://h:8265/#/serve" in text
+    assert "curl http://h:8000/v1/chat/completions" in text and 'Bearer $LLMCTL_API_KEY"' in text
+    assert "Authorization" not in usage("http://h:8000/v1", "chat")
+
+
+def test_model_fingerprint_follows_the_files(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    first = app.model_fingerprint(str(tmp_path))
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    assert app.model_fingerprint(str(tmp_path)) != first
+    assert app.model_fingerprint("s3://bucket/model") == ""
+
+
+def test_serve_llm_accepts_the_config(tiny_model_dir):
+    from ray.serve.llm import LLMConfig
+
+    rec = record(engine={"max_model_len": 128}).model_copy(update={"model_source": tiny_model_dir})
+    config = LLMConfig(**app.llm_config_kwargs(rec))
+    assert config.model_id == "chat" and config.max_request_context_length == 128
+    assert config.get_engine_config().get_initialization_kwargs()["distributed_executor_backend"] == "mp"
+
+
+def test_remote_results_keep_their_error_type():
+    from services import remote
+
+    ok = f"noise\n{remote.RESULT_PREFIX}" + '{"result": {"name": "chat", "deleted": true}}\n'
+    assert remote._result(ok, "job1") == {"name": "chat", "deleted": True}
+    spec_error = remote.RESULT_PREFIX + '{"error": "cannot scale \'chat\': bad", "type": "SpecError"}'
+    with pytest.raises(SpecError, match="cannot scale 'chat': bad"):
+        remote._result(spec_error, "job1")
+    with pytest.raises(ClusterError, match="Ray job job1 ended without a result"):
+        remote._result("Traceback ...\nModuleNotFoundError: No module named 'ray'", "job1")
+
+
+def test_remote_job_uses_this_python_only_for_a_local_head():
+    import sys
+
+    from services import remote
+
+    assert remote._python("http://127.0.0.1:8265") == sys.executable
+    assert remote._python("http://10.255.255.1:8265") == "python"
+
+
+def test_streams_send_the_first_chunks_at_once_then_batch():
+    import asyncio
+
+    from services.server import first_eager
+
+    async def tokens():
+        for i in range(6):
+            await asyncio.sleep(0.01)
+            yield i
+
+    async def collect():
+        start, out = asyncio.get_running_loop().time(), []
+        async for batch in first_eager(tokens(), interval_ms=1000):
+            out.append((batch, asyncio.get_running_loop().time() - start))
+        return out
+
+    batches = asyncio.run(collect())
+    assert [b for b, _ in batches] == [[0], [1], [2, 3, 4, 5]]
+    assert batches[0][1] < 0.5 and batches[1][1] < 0.5  # not held for the 1 s batching interval

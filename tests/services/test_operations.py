@@ -1,0 +1,146 @@
+"""Operating a deployed app under load: autoscaling, a killed replica, rescaling, a rolling model update, removal.
+
+Tests run in file order on the shared app; each starts from one healthy replica (`settled_app`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import httpx
+import psutil
+import pytest
+
+from pipelines.errors import ClusterError
+from services import lifecycle
+from tests.services.conftest import APP, replica_states, serve_spec, stage_context, wait_for
+from tests.services.load import Load
+
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+
+
+def model_replicas(name: str = APP) -> list[dict]:
+    details = lifecycle.serve_details()
+    deployments = details["applications"][name]["deployments"]
+    return next(d for dname, d in deployments.items() if dname.startswith("LLMServer:"))["replicas"]
+
+
+def running_ids() -> set[str]:
+    return {r["replica_id"] for r in model_replicas() if r["state"] == "RUNNING"}
+
+
+def greedy(app, prompt: str = "the cat runs") -> str:
+    body = {"model": APP, "prompt": prompt, "max_tokens": 8, "temperature": 0, "ignore_eos": True}
+    resp = httpx.post(f"{app.endpoint}/completions", json=body, headers={"Authorization": f"Bearer {app.api_key}"})
+    resp.raise_for_status()
+    return resp.json()["choices"][0]["text"]
+
+
+def test_autoscaling_goes_1_to_2_and_back_with_no_failed_requests(settled_app, record_property):
+    heavy = Load(settled_app.base_url, APP, settled_app.api_key, max_requests=4000, max_seconds=360)
+    timeline = []
+    try:
+        for clients in (1, 2, 4, 8):  # ramp until Serve adds the second replica (target: 2 ongoing per replica)
+            heavy.concurrency(clients)
+            deadline = time.monotonic() + (15 if clients < 8 else 300)
+            while time.monotonic() < deadline and replica_states().get("RUNNING", 0) < 2:
+                timeline.append((clients, replica_states()))
+                time.sleep(1)
+            if replica_states().get("RUNNING", 0) >= 2:
+                break
+        assert replica_states().get("RUNNING", 0) == 2, f"never reached 2 replicas: {timeline[-5:]}"
+    finally:
+        heavy.stop()
+    # A trickle below target while Serve removes the extra replica: scaling down must not fail requests either.
+    light = Load(settled_app.base_url, APP, settled_app.api_key, max_requests=2000, max_seconds=240)
+    light.concurrency(1)
+    try:
+        wait_for(lambda: replica_states() == {"RUNNING": 1}, 180, what="scale back to one replica")
+    finally:
+        light.stop()
+    record_property("requests", heavy.sent + light.sent)
+    assert heavy.failed == 0 and light.failed == 0, (heavy.outcomes, light.outcomes, heavy.errors[:3])
+    assert heavy.sent > 20 and light.sent > 0
+
+
+def test_sigkill_of_the_replica_under_load_recovers(settled_app, record_property):
+    (replica,) = model_replicas()
+    victim = psutil.Process(replica["pid"])
+    engine_procs = victim.children(recursive=True)
+    load = Load(settled_app.base_url, APP, settled_app.api_key, max_requests=3000, max_seconds=400)
+    load.concurrency(2)
+    try:
+        wait_for(lambda: load.sent >= 5, 60, what="load to flow")
+        failed_before_kill = load.failed
+        os.kill(victim.pid, signal.SIGKILL)
+        wait_for(lambda: running_ids() - {replica["replica_id"]}, 300, 2, what="a replacement replica")
+        lifecycle.wait_running(APP, 120, log=lambda _: None)
+        recovered_at, failed_at_recovery = load.sent, load.failed
+        wait_for(lambda: load.sent >= recovered_at + 10, 60, what="requests after recovery")
+    finally:
+        load.stop()
+        for proc in engine_procs:  # vLLM engine processes of the killed replica must not linger
+            if proc.is_running():
+                proc.kill()
+    record_property("failed_requests", load.failed)
+    print(f"\nSIGKILL under load: {load.sent} requests, {load.failed} failed ({dict(load.outcomes)})")
+    assert failed_before_kill == 0
+    assert load.failed == failed_at_recovery, "requests failed after the replacement was serving"
+    assert httpx.get(f"{settled_app.base_url}/health").status_code == 200
+
+
+def test_scale_changes_bounds_without_restarting_replicas(settled_app):
+    before = running_ids()
+    result = lifecycle.scale(APP, max_replicas=3, target_ongoing_requests=3)
+    model = next(d for name, d in result["deployments"].items() if name.startswith("LLMServer:"))
+    assert model["autoscaling"] == {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 3.0}
+    assert running_ids() == before  # a lightweight update: the vLLM replica was not reloaded
+    assert lifecycle.load_record(APP).stage.autoscaling.max_replicas == 3
+    lifecycle.scale(APP, max_replicas=2, target_ongoing_requests=2)
+
+
+def test_status_and_scale_through_the_dashboard(ray_head, settled_app):
+    status = lifecycle.status(APP, ray_head.dashboard_url)
+    assert status["status"] == "RUNNING" and status["replicas"] == 1
+    assert status["endpoint"] == settled_app.endpoint
+    result = lifecycle.scale(APP, ray_head.dashboard_url, target_ongoing_requests=2.5)  # runs as a Ray job
+    model = next(d for name, d in result["deployments"].items() if name.startswith("LLMServer:"))
+    assert model["autoscaling"]["target_ongoing_requests"] == 2.5
+    with pytest.raises(ClusterError, match="no Serve application named 'nope' \\(running: .*tiny"):
+        lifecycle.status("nope", ray_head.dashboard_url)
+
+
+def test_newer_model_under_the_same_name_rolls_without_failed_requests(settled_app, tmp_path, record_property):
+    from services import stage
+    from tests.conftest import free_port
+    from tests.services.tiny_model import build_tiny_llama
+
+    build_tiny_llama(str(tmp_path / "pretrain-v2" / "model"), layers=3)
+    old_ids, old_text = running_ids(), greedy(settled_app)
+    load = Load(settled_app.base_url, APP, settled_app.api_key, max_requests=3000, max_seconds=400)
+    load.concurrency(2)
+    try:
+        ctx = stage_context(str(tmp_path / "run"), serve_spec("pretrain", free_port()), str(tmp_path / "pretrain-v2"))
+        metrics = stage.run(ctx)  # same app name, new model directory: a rolling update
+        wait_for(lambda: load.sent >= 10, 60, what="requests after the update")
+    finally:
+        load.stop()
+    record_property("requests", load.sent)
+    assert load.failed == 0 and load.sent > 10, (load.outcomes, load.errors[:3])
+    assert metrics["endpoint"] == settled_app.endpoint  # Serve kept its proxy port
+    assert running_ids().isdisjoint(old_ids)
+    assert lifecycle.load_record(APP).model_source == str(tmp_path / "pretrain-v2" / "model")
+    assert greedy(settled_app) != old_text  # the 3-layer model answers, not the old one
+
+
+def test_down_removes_the_app_and_its_record(ray_head, served_app):
+    assert lifecycle.down(APP, ray_head.dashboard_url) == {"name": APP, "deleted": True}
+    from ray import serve
+
+    assert APP not in serve.status().applications
+    with pytest.raises(ClusterError, match="no llmctl record for Serve application 'tiny'"):
+        lifecycle.load_record(APP)
+    with pytest.raises(ClusterError, match="no Serve application named 'tiny'"):
+        lifecycle.down(APP)
