@@ -17,14 +17,15 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-$(DEMO)/corpus.jsonl: | install
+$(DEMO)/manifest.json: | install
 	$(PY) -m jobs.demo.corpus $(DEMO)
 
-demo-data: $(DEMO)/corpus.jsonl
+demo-data: $(DEMO)/manifest.json
 
 run: install demo-data
 	$(LLMCTL) cluster up
 	$(LLMCTL) submit pipelines/examples/tiny.yaml
+	$(PY) -m services.client tiny "What is Ray?"
 
 test: install
 	$(PY) -m pytest -q

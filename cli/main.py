@@ -178,10 +178,18 @@ def cluster_status() -> None:
     head = local.LocalHead()
     version = local.dashboard_version(head.dashboard_url)
     if version is None:
-        click.echo(f"local Ray head: down (start it with `llmctl cluster up`)")
+        click.echo("local Ray head: down (start it with `llmctl cluster up`)")
         sys.exit(1)
     click.echo(f"local Ray head: up, Ray {version.get('ray_version')}, dashboard {head.dashboard_url}")
 
+
+def _add_subgroups() -> None:
+    from cli.serve import serve
+
+    main.add_command(serve)
+
+
+_add_subgroups()
 
 if __name__ == "__main__":
     main()

@@ -18,7 +18,23 @@ def print_plan(plan, cached: dict[str, bool]) -> None:
         state = "always runs" if s.always_run else ("cached (skip)" if cached.get(s.name) else "will run")
         table.add_row(s.name, s.kind, ", ".join(s.inputs) or "-", s.cache_key, state)
     console.print(table)
+    for s in plan.stages:
+        if s.kind == "data" and s.config.get("minhash"):
+            console.print(_lsh_line(s.name, s.config["minhash"]))
     console.print(f"artifacts: {plan.storage}/{plan.pipeline}/<stage>/<cache key>/")
+
+
+def _lsh_line(stage: str, minhash: dict[str, Any]) -> str:
+    """The LSH banding and its S-curve 1-(1-s^r)^b: the chance a pair at Jaccard s becomes a candidate."""
+    from jobs.data.minhash import describe
+    from pipelines.spec.curation import MinHashConfig
+
+    d = describe(MinHashConfig(**minhash))
+    curve = "  ".join(f"{s}:{p:.3f}" for s, p in d["s_curve"].items())
+    return (
+        f"{stage}: MinHash {d['num_perm']} perms = {d['bands']} bands x {d['rows']} rows "
+        f"(threshold {d['threshold']}); P(candidate | Jaccard s)  {curve}"
+    )
 
 
 def print_summary(sub) -> None:
@@ -30,9 +46,12 @@ def print_summary(sub) -> None:
         table.add_row(s["stage"], s["kind"], s["outcome"], _produced(s))
     console.print(table)
     for s in stages:
-        endpoint = s.get("metrics", {}).get("endpoint")
-        if endpoint:
-            console.print(f"endpoint: {endpoint}  (model '{s['metrics'].get('model_id', s['stage'])}')")
+        m = s.get("metrics", {})
+        if m.get("endpoint"):
+            from services.client import usage
+
+            key_env = (m.get("api_key_env") or [None])[0]
+            console.print(usage(m["endpoint"], m["app"], sub.target.dashboard_url, key_env), highlight=False)
     console.print(f"dashboard: {sub.target.dashboard_url}")
 
 

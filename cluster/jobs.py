@@ -72,17 +72,19 @@ def client(target: Target):
     return JobSubmissionClient(target.dashboard_url)
 
 
-def runtime_env() -> dict[str, Any]:
+def runtime_env(env_vars: dict[str, str] | None = None) -> dict[str, Any]:
     """Ship the project's packages with the job so the cluster runs exactly this version of llmctl."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     return {
         "py_modules": [os.path.join(root, p) for p in PACKAGES],
         "excludes": ["__pycache__", "*.pyc"],
-        "env_vars": {"PYTHONUNBUFFERED": "1", "RAY_DATA_DISABLE_PROGRESS_BARS": "1"},
+        "env_vars": {"PYTHONUNBUFFERED": "1", "RAY_DATA_DISABLE_PROGRESS_BARS": "1", **(env_vars or {})},
     }
 
 
-def submit(target: Target, run_id: str, entrypoint: str, metadata: dict[str, str]) -> str:
+def submit(
+    target: Target, run_id: str, entrypoint: str, metadata: dict[str, str], env_vars: dict[str, str] | None = None
+) -> str:
     """Submit one job for the run; refuses while another job of the same run is still going."""
     c = client(target)
     running = [j for j in jobs_of(target, run_id) if str(j.status) not in TERMINAL]
@@ -95,7 +97,7 @@ def submit(target: Target, run_id: str, entrypoint: str, metadata: dict[str, str
     return c.submit_job(
         entrypoint=entrypoint,
         submission_id=submission_id,
-        runtime_env=runtime_env(),
+        runtime_env=runtime_env(env_vars),
         metadata={"llmctl": "1", "llmctl_run_id": run_id, **metadata},
     )
 

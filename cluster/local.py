@@ -20,6 +20,7 @@ from pipelines.errors import ClusterError
 
 # Serve's ingress and a model replica each take logical CPUs; on small machines Ray needs them overcommitted.
 MIN_LOGICAL_CPUS = 8
+HEAD_ENV = "LLMCTL_RAY_HEAD"
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,11 @@ def start(head: LocalHead = LocalHead(), timeout: float = 120.0) -> LocalHead:
     ]  # fmt: skip
     # Job entrypoints run `python` from the head's PATH: make it this interpreter's.
     path = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PATH": path}
+    # HEAD_ENV marks every process of this head (workers and what they spawn inherit it), so `stop` finds
+    # them even after Ray renames them (`ray::IDLE`, vLLM's engine core). RAY_ADDRESS makes a bare
+    # `ray.init()` in any of them join this cluster instead of starting a new one.
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PATH": path, HEAD_ENV: head.temp_dir,
+           "RAY_ADDRESS": head.gcs_address}  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise ClusterError(
@@ -99,14 +104,10 @@ def _jobs_api_ready(url: str) -> bool:
 
 
 def stop(head: LocalHead = LocalHead(), timeout: float = 5.0) -> bool:
-    """Stop the processes of this head only (matched by its temp dir); True if any were running."""
+    """Stop the processes of this head only (its temp dir on the command line or in HEAD_ENV); True if any ran."""
     import psutil
 
-    procs = []
-    for p in psutil.process_iter(["cmdline"]):
-        cmdline = " ".join(p.info.get("cmdline") or [])
-        if head.temp_dir in cmdline and p.pid != os.getpid():
-            procs.append(p)
+    procs = [p for p in psutil.process_iter(["cmdline"]) if p.pid != os.getpid() and _belongs_to(p, head)]
     for p in procs:
         try:
             p.terminate()
@@ -119,3 +120,14 @@ def stop(head: LocalHead = LocalHead(), timeout: float = 5.0) -> bool:
         except psutil.NoSuchProcess:
             pass
     return bool(procs)
+
+
+def _belongs_to(proc, head: LocalHead) -> bool:
+    import psutil
+
+    if head.temp_dir in " ".join(proc.info.get("cmdline") or []):
+        return True
+    try:
+        return proc.environ().get(HEAD_ENV) == head.temp_dir
+    except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+        return False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,11 +54,25 @@ def submit(
     target = jobs.resolve_target(address)
     run_uri = write_run_record(p)
     metadata = {"pipeline": p.pipeline, "stages": ",".join(s.name for s in p.stages), "run_uri": run_uri}
-    job_id = jobs.submit(target, p.run_id, f"python -m jobs.driver {run_uri}", metadata)
+    env = key_digest_env(p)
+    job_id = jobs.submit(target, p.run_id, f"python -m jobs.driver {run_uri}", metadata, env)
     sub = Submission(p.run_id, job_id, target, p)
     if wait:
         follow(sub, on_log)
     return sub
+
+
+def key_digest_env(p: plan.Plan, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """SHA-256 digests of the API keys that serve stages name in `api_key_env`, read from this shell.
+
+    The job runs on the cluster, whose environment may not hold the keys; only their digests travel with it.
+    """
+    from services.auth import DIGESTS_ENV, key_digests
+
+    environ = os.environ if environ is None else environ
+    names = sorted({n for s in p.stages if s.kind == "serve" for n in s.config.get("api_key_env", [])})
+    found = {n: key_digests([n], [], environ) for n in names if environ.get(n, "").strip(" ,")}
+    return {DIGESTS_ENV: json.dumps(found)} if found else {}
 
 
 def follow(sub: Submission, on_log: Callable[[str], None] | None = None) -> Submission:
