@@ -51,17 +51,22 @@ def print_summary(sub) -> None:
             from services.client import usage
 
             key_env = (m.get("api_key_env") or [None])[0]
-            console.print(usage(m["endpoint"], m["app"], sub.target.dashboard_url, key_env), highlight=False)
+            console.print(usage(m["endpoint"], m["app"], sub.target.dashboard_url, key_env), markup=False)
     console.print(f"dashboard: {sub.target.dashboard_url}")
+
+
+# What the summary shows of each stage's metrics, in this order (the full metrics are in its _SUCCESS marker).
+SUMMARY_KEYS = ("vocab_size", "step", "train_loss", "eval_loss", "tokens_per_s", "mfu", "replicas", "endpoint")
 
 
 def _produced(stage: dict[str, Any]) -> str:
     metrics = stage.get("metrics", {})
     rows = metrics.get("rows")
-    parts = [f"{k}={v}" for k, v in rows.items()] if isinstance(rows, dict) else []
-    for key in ("final_loss", "steps", "vocab_size", "endpoint"):
-        if key in metrics:
-            parts.append(f"{key}={metrics[key]}")
+    parts = [f"rows {k}={v}" for k, v in rows.items() if k != "by_reason"] if isinstance(rows, dict) else []
+    for key in SUMMARY_KEYS:
+        value = metrics.get(key)
+        if value is not None:
+            parts.append(f"{key}={round(value, 4) if isinstance(value, float) else value}")
     return (" ".join(parts) + "\n" if parts else "") + stage["uri"]
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from cluster import storage
 from jobs.context import StageContext, StageOutput
 from jobs.registry import runner
+from pipelines.errors import LlmctlError
 from pipelines.plan import Plan, PlannedStage
 from pipelines.spec import Pipeline
 
@@ -28,18 +29,32 @@ log = logging.getLogger("llmctl")
 
 
 def main(run_uri: str) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stdout)
+    _plain_log_lines()
     plan = Plan.from_json(storage.read_json(storage.join(run_uri, "plan.json")))
     pipeline = Pipeline.model_validate(plan.spec)
     _connect()
     outputs: dict[str, StageOutput] = {}
     summary: list[dict[str, Any]] = []
     for stage in plan.stages:
-        outputs[stage.name], outcome = run_stage(plan, pipeline, stage, outputs)
+        try:
+            outputs[stage.name], outcome = run_stage(plan, pipeline, stage, outputs)
+        except LlmctlError as exc:
+            print(f"error: stage {stage.name} failed: {exc}", file=sys.stderr, flush=True)
+            return 1
         summary.append({"stage": stage.name, "kind": stage.kind, "outcome": outcome, "uri": stage.uri,
                         "metrics": outputs[stage.name].marker.get("metrics", {})})  # fmt: skip
     print(SUMMARY_PREFIX + json.dumps({"run_id": plan.run_id, "stages": summary}, default=str), flush=True)
     return 0
+
+
+def _plain_log_lines() -> None:
+    """`HH:MM:SS [stage] message` lines on stdout, the format `llmctl logs` shows. Our own handler, not the root
+    logger's: Ray Serve LLM switches the root logger to JSON records when it is imported."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO)
+    log.propagate = False
 
 
 def _connect() -> None:
@@ -71,6 +86,9 @@ def run_stage(
     started = time.time()
     try:
         metrics = runner(stage.kind)(ctx) or {}
+    except LlmctlError as exc:  # an expected failure: its message names the field and the fix
+        log.error(f"[{stage.name}] failed: {exc}")
+        raise
     except Exception:
         log.error(f"[{stage.name}] failed:\n{traceback.format_exc()}")
         raise

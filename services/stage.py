@@ -29,7 +29,22 @@ def model_source(ctx: StageContext) -> str:
             f"stages.{ctx.name}.model: '{path}' is not a Hugging Face model directory (no config.json). Name an "
             "earlier stage that exports a model, or a directory with config.json, weights and tokenizer files."
         )
+    check_context_length(ctx.name, spec, path)
     return path
+
+
+def check_context_length(stage: str, spec: ServeStage, model_dir: str) -> None:
+    """Refuse an engine.max_model_len beyond the positions the model was built for, before any replica starts
+    (vLLM would fail three replica starts in a row with a long traceback)."""
+    with open(os.path.join(model_dir, "config.json")) as f:
+        positions = json.load(f).get("max_position_embeddings")
+    wanted = spec.engine.max_model_len
+    if wanted and positions and wanted > positions:
+        raise StageError(
+            f"stages.{stage}.engine.max_model_len: {wanted} is longer than the model's context of {positions} "
+            f"tokens (max_position_embeddings in {model_dir}/config.json). Lower max_model_len to {positions} or "
+            "leave it unset, or train the model with a longer schedule.seq_len."
+        )
 
 
 def job_runtime_env() -> dict[str, Any]:

@@ -128,6 +128,18 @@ def test_model_fingerprint_follows_the_files(tmp_path):
     assert app.model_fingerprint("s3://bucket/model") == ""
 
 
+def test_context_longer_than_the_model_is_refused_before_deploying(tmp_path):
+    from pipelines.errors import StageError
+    from services.stage import check_context_length
+
+    (tmp_path / "config.json").write_text('{"max_position_embeddings": 128}')
+    check_context_length("serve", record(engine={"max_model_len": 128}).stage, str(tmp_path))
+    check_context_length("serve", record().stage, str(tmp_path))  # unset: vLLM takes the model's own
+    with pytest.raises(StageError, match=r"stages.serve.engine.max_model_len: 256 is longer than the model's "
+                       r"context of 128 tokens .* Lower max_model_len to 128"):  # fmt: skip
+        check_context_length("serve", record(engine={"max_model_len": 256}).stage, str(tmp_path))
+
+
 def test_serve_llm_accepts_the_config(tiny_model_dir):
     from ray.serve.llm import LLMConfig
 
