@@ -76,8 +76,8 @@ def start(head: LocalHead = LocalHead(), timeout: float = 120.0) -> LocalHead:
     ]  # fmt: skip
     # Job entrypoints run `python` from the head's PATH: make it this interpreter's.
     path = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
-    # HEAD_ENV marks every process of this head (workers and what they spawn inherit it), so `stop` finds
-    # them even after Ray renames them (`ray::IDLE`, vLLM's engine core). RAY_ADDRESS makes a bare
+    # HEAD_ENV marks the processes of this head that keep their environment (helpers that outlive a worker).
+    # RAY_ADDRESS makes a bare
     # `ray.init()` in any of them join this cluster instead of starting a new one.
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PATH": path, HEAD_ENV: head.temp_dir,
            "RAY_ADDRESS": head.gcs_address}  # fmt: skip
@@ -107,7 +107,16 @@ def stop(head: LocalHead = LocalHead(), timeout: float = 5.0) -> bool:
     """Stop the processes of this head only (its temp dir on the command line or in HEAD_ENV); True if any ran."""
     import psutil
 
-    procs = [p for p in psutil.process_iter(["cmdline"]) if p.pid != os.getpid() and _belongs_to(p, head)]
+    roots = [p for p in psutil.process_iter(["cmdline"]) if p.pid != os.getpid() and _belongs_to(p, head)]
+    # Ray renames its workers (`ray::IDLE`, `ray::DashboardAgent`, vLLM's engine core) and the rename can wipe
+    # /proc/<pid>/environ, so take every descendant of the head's processes while the tree is still intact.
+    procs = {p.pid: p for p in roots}
+    for p in roots:
+        try:
+            procs.update({c.pid: c for c in p.children(recursive=True) if c.pid != os.getpid()})
+        except psutil.NoSuchProcess:
+            pass
+    procs = list(procs.values())
     for p in procs:
         try:
             p.terminate()
@@ -119,6 +128,7 @@ def stop(head: LocalHead = LocalHead(), timeout: float = 5.0) -> bool:
             p.kill()
         except psutil.NoSuchProcess:
             pass
+    psutil.wait_procs(alive, timeout=timeout)
     return bool(procs)
 
 

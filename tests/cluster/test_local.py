@@ -1,3 +1,6 @@
+import os
+import sys
+
 from cluster import local
 
 
@@ -12,3 +15,33 @@ def test_nothing_answers_on_a_closed_port():
     from tests.conftest import free_port
 
     assert local.dashboard_version(f"http://127.0.0.1:{free_port()}", timeout=0.5) is None
+
+
+def test_down_stops_every_process_of_its_head_and_only_those(ray_head):
+    """A second head with a worker kept busy by a job: `stop` ends the whole tree, renamed workers included,
+    and leaves the session's head running."""
+    import subprocess
+
+    import psutil
+
+    from tests.conftest import free_port
+
+    head = local.LocalHead(port=free_port(), dashboard_port=free_port(), client_port=free_port(),
+                           agent_port=free_port(), temp_dir=f"/tmp/llmctl-t{os.getpid()}", num_cpus=2)  # fmt: skip
+    local.start(head)
+    code = (
+        f"import ray, time; ray.init(address='{head.gcs_address}'); a = ray.remote(lambda: time.sleep(600)).remote(); "
+        "print('started', flush=True); time.sleep(600)"
+    )
+    driver = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert driver.stdout.readline().strip() == "started"
+    tree = [p for p in psutil.process_iter(["cmdline"]) if local._belongs_to(p, head)]
+    tree += [c for p in tree for c in p.children(recursive=True) if c.pid != driver.pid]
+    assert any(p.name().startswith("ray::") or "ray::" in " ".join(p.cmdline()) for p in tree), "a renamed worker"
+
+    assert local.stop(head)
+    driver.kill()
+    survivors = [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not survivors, [" ".join(p.cmdline()) for p in survivors]
+    assert local.dashboard_version(head.dashboard_url, timeout=0.5) is None
+    assert local.dashboard_version(ray_head.dashboard_url) is not None, "the other head still runs"
