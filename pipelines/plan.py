@@ -6,6 +6,7 @@ reads and the code version, so changing any of them re-runs that stage and every
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -121,19 +122,42 @@ def _looks_like_path(value: str) -> bool:
     return any(c in value for c in "/\\*?") or "://" in value or value.startswith((".", "~")) or "." in value
 
 
-def code_version() -> str:
-    """Hash of the project's source, so a code change invalidates cached stages."""
+def code_version(kind: str | None = None) -> str:
+    """Hash of the source a stage kind runs (all runtime code without a kind), so a code change invalidates
+    the stages it can affect and no others: editing the serving code does not retrain a model."""
     digest = hashlib.sha256()
-    for package in CODE_PACKAGES:
-        for dirpath, dirnames, filenames in sorted(os.walk(os.path.join(ROOT, package))):
-            dirnames.sort()
-            for filename in sorted(filenames):
-                if filename.endswith((".py", ".yaml", ".jinja", ".html")):
-                    full = os.path.join(dirpath, filename)
-                    digest.update(os.path.relpath(full, ROOT).encode())
-                    with open(full, "rb") as f:
-                        digest.update(f.read())
+    for full in sorted({f for p in code_paths(kind) for f in _source_files(p)}):
+        digest.update(os.path.relpath(full, ROOT).encode())
+        with open(full, "rb") as f:
+            digest.update(f.read())
     return digest.hexdigest()[:12]
+
+
+def code_paths(kind: str | None) -> tuple[str, ...]:
+    """The shared core (pipelines/, cluster/, jobs/*.py) plus the package of the kind's runner."""
+    from jobs.registry import RUNNERS
+
+    if kind is None or kind not in RUNNERS:
+        return CODE_PACKAGES
+    module = RUNNERS[kind].partition(":")[0].split(".")
+    if module[0] != "jobs":
+        own = module[0]  # services.stage -> services/
+    elif len(module) > 2:
+        own = f"jobs/{module[1]}"  # jobs.train.pretrain -> jobs/train/
+    else:
+        own = "jobs/*.py"  # jobs.tokenizer -> already in the core
+    return ("pipelines", "cluster", "jobs/*.py", own)
+
+
+def _source_files(path: str) -> list[str]:
+    """Source files under a package directory, or matching a glob such as 'jobs/*.py'."""
+    full = os.path.join(ROOT, path)
+    if not os.path.isdir(full):
+        return glob.glob(full) if "*" in path else [full] if os.path.exists(full) else []
+    found = []
+    for dirpath, _, filenames in os.walk(full):
+        found += [os.path.join(dirpath, f) for f in filenames if f.endswith((".py", ".yaml", ".jinja", ".html"))]
+    return found
 
 
 def build(pipeline: Pipeline, base_dir: str | None = None, check_inputs: bool = True) -> Plan:
@@ -153,7 +177,7 @@ def build(pipeline: Pipeline, base_dir: str | None = None, check_inputs: bool = 
             "config": stage.model_dump(mode="json"),
             "inputs": {path: keys[ref] for path, ref in refs.items()},
             "files": files,
-            "code": version,
+            "code": code_version(stage.kind),
         }
         keys[name] = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
         uris[name] = storage.join(resolved.storage, resolved.name, name, keys[name])

@@ -105,3 +105,13 @@ def test_relative_paths_are_resolved_against_the_working_dir(corpus, tmp_path, m
 def test_plan_round_trips_through_json(corpus):
     p = plan.build(pipeline(stages(corpus)))
     assert plan.Plan.from_json(p.to_json()) == p
+
+
+def test_code_version_covers_the_runner_package_only():
+    from pipelines.plan import code_paths, code_version
+
+    assert "services" in code_paths("serve") and "jobs/train" not in code_paths("serve")
+    assert "jobs/train" in code_paths("pretrain") and "services" not in code_paths("pretrain")
+    assert "jobs/data" in code_paths("data")
+    assert code_version("serve") != code_version("pretrain")
+    assert code_version("serve") == code_version("serve")
