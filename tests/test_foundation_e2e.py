@@ -10,26 +10,28 @@ from click.testing import CliRunner
 
 from cli.main import main
 from cluster import jobs, storage
+from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
+    """The demo corpus as `make demo-data` writes it, small: <dir>/data/demo/part-*.jsonl."""
     from jobs.demo.corpus import write_demo_corpus
 
-    out = tmp_path_factory.mktemp("demo")
-    manifest = write_demo_corpus(str(out), n_docs=300, seed=1)
-    return str(out / "corpus.jsonl"), manifest
+    root = tmp_path_factory.mktemp("work")
+    manifest = write_demo_corpus(str(root / "data" / "demo"), n_docs=300, seed=1)
+    return root, manifest
 
 
-def two_stage_spec(tmp_path, corpus_path: str) -> str:
+def two_stage_spec(tmp_path, corpus_glob: str) -> str:
     path = tmp_path / "p.yaml"
     path.write_text(textwrap.dedent(f"""
         name: chain
         storage: {tmp_path}/runs
         stages:
-          curate: {{kind: data, inputs: [{corpus_path}]}}
+          curate: {{kind: data, inputs: ["{corpus_glob}"]}}
           again: {{kind: data, inputs: [curate], minhash: null, pii: null}}
         """))
     return str(path)
@@ -39,39 +41,54 @@ def submit(spec: str, address: str, *extra: str):
     return CliRunner().invoke(main, ["submit", spec, "--address", address, *extra], catch_exceptions=False)
 
 
-def markers(tmp_path) -> dict[str, dict]:
-    found = storage.list_files(str(tmp_path / "runs" / "chain"), "_SUCCESS")
+def markers(root) -> dict[str, dict]:
+    found = storage.list_files(str(root), "_SUCCESS")
     return {json.loads(open(f).read())["stage"]: json.loads(open(f).read()) for f in found}
 
 
-def test_submit_runs_every_stage_then_resubmit_skips_them(ray_head, tmp_path, corpus):
-    corpus_path, manifest = corpus
-    spec = two_stage_spec(tmp_path, corpus_path)
-    first = submit(spec, ray_head.dashboard_url)
-    assert first.exit_code == 0, first.output
-    done = markers(tmp_path)
-    assert set(done) == {"curate", "again"}
-    rows = done["curate"]["metrics"]["rows"]
-    with open(corpus_path, "rb") as f:
-        lines = f.read().count(b"\n")
-    assert rows["in"] == lines, "every input line is counted"
-    assert rows["in"] == rows["out"] + rows["filtered"] + rows["quarantined"] + rows["duplicates_exact"] + rows[
-        "duplicates_near"]
-    assert done["again"]["metrics"]["rows"]["in"] == rows["out"], "the second stage reads the first one's output"
-    assert "ran" in first.output
+def test_example_pipeline_runs_end_to_end_then_resubmit_skips_every_stage(ray_head, corpus, monkeypatch):
+    """`llmctl submit pipelines/examples/tiny.yaml` as `make run` does it (fewer steps): raw text to an
+    endpoint that answers the openai client; the resubmit skips every stage and only re-checks the app."""
+    from services.client import ask
 
-    started = time.monotonic()
-    second = submit(spec, ray_head.dashboard_url)
-    elapsed = time.monotonic() - started
-    assert second.exit_code == 0, second.output
-    assert second.output.count("cached") >= 2, second.output
-    assert markers(tmp_path) == done, "cached stages are not rewritten"
-    print(f"fully cached resubmit took {elapsed:.1f}s")
+    root, manifest = corpus
+    monkeypatch.chdir(root)  # the example reads ./data/demo/*.jsonl and writes ./runs
+    example = os.path.join(ROOT, "pipelines", "examples", "tiny.yaml")
+    small = ["--set", "pretrain.schedule.steps=6", "--set", "pretrain.schedule.eval_every=6",
+             "--set", "pretrain.schedule.checkpoint_every=6", "--set", "serve.autoscaling.max_replicas=1"]  # fmt: skip
+    try:
+        first = submit(example, ray_head.dashboard_url, *small)
+        assert first.exit_code == 0, first.output
+        done = markers(root / "runs")
+        assert set(done) == {"curate", "tokenizer", "pretrain", "serve"}
+        rows = done["curate"]["metrics"]["rows"]
+        assert rows["in"] == manifest["expected"]["rows_in"], "every input line is counted"
+        assert rows["out"] == manifest["expected"]["kept"]
+        assert done["pretrain"]["metrics"]["step"] == 6
+        model_dir = os.path.join(os.path.dirname(storage.list_files(str(root / "runs" / "tiny" / "pretrain"),
+                                                                    "config.json")[0]))  # fmt: skip
+        assert os.path.exists(os.path.join(model_dir, "model.safetensors"))
+        endpoint = done["serve"]["metrics"]["endpoint"]
+        assert f"Endpoint:  {endpoint}" in first.output and "curl " in first.output
+        assert ask(endpoint, "tiny", "What is Ray?", max_tokens=8).strip()
+
+        started = time.monotonic()
+        second = submit(example, ray_head.dashboard_url, *small)
+        elapsed = time.monotonic() - started
+        assert second.exit_code == 0, second.output
+        for stage in ("curate", "tokenizer", "pretrain"):
+            assert f"[{stage}] cached" in second.output
+        again = markers(root / "runs")
+        assert {k: v for k, v in again.items() if k != "serve"} == {k: v for k, v in done.items() if k != "serve"}
+        assert again["serve"]["metrics"]["endpoint"] == endpoint, "the app was re-checked, not moved"
+        print(f"resubmit with every training stage cached took {elapsed:.1f}s")
+    finally:
+        CliRunner().invoke(main, ["serve", "down", "tiny", "--address", ray_head.dashboard_url])
 
 
 def test_killed_run_resumes_at_the_unfinished_stage(ray_head, tmp_path, corpus):
-    corpus_path, _ = corpus
-    spec = two_stage_spec(tmp_path, corpus_path)
+    root, _ = corpus
+    spec = two_stage_spec(tmp_path, f"{root}/data/demo/*.jsonl")
     sub = submit(spec, ray_head.dashboard_url, "--no-wait")
     assert sub.exit_code == 0, sub.output
     target = jobs.Target(ray_head.dashboard_url, is_local=False)
@@ -86,7 +103,7 @@ def test_killed_run_resumes_at_the_unfinished_stage(ray_head, tmp_path, corpus):
     while jobs.status(target, job.submission_id) not in jobs.TERMINAL:
         time.sleep(0.2)
     assert jobs.status(target, job.submission_id) == "STOPPED"
-    assert set(markers(tmp_path)) == {"curate"}, "only the finished stage is committed"
+    assert set(markers(tmp_path / "runs")) == {"curate"}, "only the finished stage is committed"
 
     # Whatever the killed attempt left behind must not be read as output.
     again_dirs = [d for d in os.listdir(tmp_path / "runs" / "chain" / "again")]
@@ -98,4 +115,4 @@ def test_killed_run_resumes_at_the_unfinished_stage(ray_head, tmp_path, corpus):
     assert result.exit_code == 0, result.output
     assert "[curate] cached" in result.output and "[again] starting" in result.output
     assert not leftover.exists(), "the unfinished stage restarted from an empty directory"
-    assert set(markers(tmp_path)) == {"curate", "again"}
+    assert set(markers(tmp_path / "runs")) == {"curate", "again"}
