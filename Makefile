@@ -34,7 +34,7 @@ test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
 bench: install demo-data
-	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in foundation dedup pii pretrain serve; do echo "== bench/$$b.py"; $(PY) -m bench.$$b || exit 1; done
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -54,7 +54,8 @@ def test_example_pipeline_runs_end_to_end_then_resubmit_skips_every_stage(ray_he
     root, manifest = corpus
     monkeypatch.chdir(root)  # the example reads ./data/demo/*.jsonl and writes ./runs
     example = os.path.join(ROOT, "pipelines", "examples", "tiny.yaml")
-    small = ["--set", "pretrain.schedule.steps=6", "--set", "pretrain.schedule.eval_every=6",
+    small = ["--set", "pretrain.schedule.steps=6", "--set", "pretrain.optim.warmup_steps=1",
+             "--set", "pretrain.schedule.eval_every=6",
              "--set", "pretrain.schedule.checkpoint_every=6", "--set", "serve.autoscaling.max_replicas=1"]  # fmt: skip
     try:
         first = submit(example, ray_head.dashboard_url, *small)
