@@ -55,7 +55,7 @@ def spec(tmp: str) -> str:
             name: bench
             storage: {tmp}/runs
             stages:
-              curate: {{kind: data, inputs: [{tmp}/corpus.jsonl]}}
+              curate: {{kind: data, inputs: ["{tmp}/*.jsonl"]}}
             """))
     return path
 
