@@ -32,7 +32,6 @@ def main(run_uri: str) -> int:
     _plain_log_lines()
     plan = Plan.from_json(storage.read_json(storage.join(run_uri, "plan.json")))
     pipeline = Pipeline.model_validate(plan.spec)
-    _connect()
     outputs: dict[str, StageOutput] = {}
     summary: list[dict[str, Any]] = []
     for stage in plan.stages:
@@ -72,6 +71,7 @@ def run_stage(
         log.info(f"[{stage.name}] cached: {stage.uri}")
         return StageOutput(stage.name, stage.kind, stage.uri, storage.read_json(stage.marker_uri)), "cached"
     log.info(f"[{stage.name}] starting ({stage.kind}) -> {stage.uri}")
+    _connect()  # only when a stage runs: a fully cached run never pays for joining the cluster
     _clear_outputs(stage.uri)
     ctx = StageContext(
         name=stage.name,
