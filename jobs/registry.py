@@ -12,6 +12,9 @@ RUNNERS: dict[str, str] = {
     "data": "jobs.data.stage:run",
     "tokenizer": "jobs.tokenizer:run",
     "pretrain": "jobs.train.pretrain:run",
+    "sft": "jobs.train.sft:run",
+    "reward_model": "jobs.train.reward:run",
+    "dpo": "jobs.train.dpo:run",
     "serve": "services.stage:run",
 }
 

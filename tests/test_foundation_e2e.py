@@ -17,11 +17,13 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    """The demo corpus as `make demo-data` writes it, small: <dir>/data/demo/part-*.jsonl."""
+    """The demo data as `make demo-data` writes it, small: <dir>/data/demo/part-*.jsonl and <dir>/data/demo-chat/."""
+    from jobs.demo.chat import write_demo_chat
     from jobs.demo.corpus import write_demo_corpus
 
     root = tmp_path_factory.mktemp("work")
     manifest = write_demo_corpus(str(root / "data" / "demo"), n_docs=300, seed=1)
+    write_demo_chat(str(root / "data" / "demo-chat"), n_sft=200, n_pairs=200, seed=1)
     return root, manifest
 
 
@@ -57,15 +59,20 @@ def test_example_pipeline_runs_end_to_end_then_resubmit_skips_every_stage(ray_he
     small = ["--set", "pretrain.schedule.steps=6", "--set", "pretrain.optim.warmup_steps=1",
              "--set", "pretrain.schedule.eval_every=6",
              "--set", "pretrain.schedule.checkpoint_every=6", "--set", "serve.autoscaling.max_replicas=1"]  # fmt: skip
+    for stage in ("sft", "dpo"):  # two steps each: the chain pretrain -> sft -> dpo -> serve is what is tested
+        for key, value in (("schedule.steps", 2), ("optim.warmup_steps", 1), ("schedule.eval_every", 2),
+                           ("schedule.checkpoint_every", 2)):  # fmt: skip
+            small += ["--set", f"{stage}.{key}={value}"]
     try:
         first = submit(example, ray_head.dashboard_url, *small)
         assert first.exit_code == 0, first.output
         done = markers(root / "runs")
-        assert set(done) == {"curate", "tokenizer", "pretrain", "serve"}
+        assert set(done) == {"curate", "tokenizer", "pretrain", "sft", "dpo", "serve"}
         rows = done["curate"]["metrics"]["rows"]
         assert rows["in"] == manifest["expected"]["rows_in"], "every input line is counted"
         assert rows["out"] == manifest["expected"]["kept"]
         assert done["pretrain"]["metrics"]["step"] == 6
+        assert done["sft"]["metrics"]["step"] == done["dpo"]["metrics"]["step"] == 2
         model_dir = os.path.join(os.path.dirname(storage.list_files(str(root / "runs" / "tiny" / "pretrain"),
                                                                     "config.json")[0]))  # fmt: skip
         assert os.path.exists(os.path.join(model_dir, "model.safetensors"))
@@ -77,7 +84,7 @@ def test_example_pipeline_runs_end_to_end_then_resubmit_skips_every_stage(ray_he
         second = submit(example, ray_head.dashboard_url, *small)
         elapsed = time.monotonic() - started
         assert second.exit_code == 0, second.output
-        for stage in ("curate", "tokenizer", "pretrain"):
+        for stage in ("curate", "tokenizer", "pretrain", "sft", "dpo"):
             assert f"[{stage}] cached" in second.output
         again = markers(root / "runs")
         assert {k: v for k, v in again.items() if k != "serve"} == {k: v for k, v in done.items() if k != "serve"}

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 import os
 import shutil
 import tempfile
 from typing import Any
 
 from cluster import storage
+from jobs.train.model import ModelSource
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
@@ -27,19 +27,10 @@ def gather_state_dict(module: Any, rank: int) -> dict[str, Any]:
     return state
 
 
-def save_hf(module: Any, state: dict[str, Any], dtype: str, tokenizer_uri: str | None, export_uri: str) -> None:
-    """Write `state` with `module`'s config and class as a Hugging Face model directory at `export_uri`."""
+def save_hf(model: Any, dtype: str, tokenizer_uri: str | None, export_uri: str) -> None:
+    """Write a transformers model as a Hugging Face directory at `export_uri`, with the tokenizer's files."""
     import torch
-    from transformers import AutoModelForCausalLM
 
-    config = copy.deepcopy(module.config)
-    config.use_cache = True  # training turns the KV cache off; generation wants it
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
-    if unexpected or set(missing) - tied:
-        raise RuntimeError(f"export: state dict does not match the model: missing={missing}, unexpected={unexpected}")
-    model.tie_weights()
     model.to(getattr(torch, dtype))
     local = tempfile.mkdtemp(prefix="llmctl-export-")
     try:
@@ -59,8 +50,8 @@ def copy_tokenizer(tokenizer_uri: str, dest: str) -> None:
                 shutil.copy2(os.path.join(src, name), os.path.join(dest, name))
 
 
-def export(engine: Any, rank: int, dtype: str, tokenizer_uri: str | None, export_uri: str) -> None:
-    """Gather the engine's weights (all ranks) and write them from rank 0."""
+def export(engine: Any, rank: int, source: ModelSource, dtype: str, tokenizer_uri: str | None, export_uri: str) -> None:
+    """Gather the engine's weights (all ranks) and write them from rank 0 as `source` says (head, LoRA merge)."""
     state = gather_state_dict(engine.module, rank)
     if rank == 0:
-        save_hf(engine.module, state, dtype, tokenizer_uri, export_uri)
+        save_hf(source.exportable(engine.module.config, state), dtype, tokenizer_uri, export_uri)

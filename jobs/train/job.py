@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from jobs.train import deepspeed_config
 from jobs.train.model import ModelSource
 from jobs.train.objectives import Objective
 from pipelines.spec.train import OptimConfig, ScheduleConfig
@@ -29,3 +30,27 @@ class TrainJob:
     @property
     def export_dtype(self) -> str:
         return {"bf16": "bfloat16", "fp16": "float16"}.get(self.precision, "float32")
+
+
+def for_stage(
+    stage: str, spec: Any, model: ModelSource, objective: Objective, out: Any, tokenizer_uri: str | None
+) -> TrainJob:
+    """The job of a training stage spec (anything with deepspeed, optim, schedule and scaling configs) writing
+    to the stage context `out`: TensorBoard under `_state/` (kept across resubmissions), the model in `model/`."""
+    use_gpu = spec.scaling.use_gpu
+    workers = spec.scaling.num_workers
+    return TrainJob(
+        stage=stage,
+        model=model,
+        objective=objective,
+        optim=spec.optim,
+        schedule=spec.schedule,
+        deepspeed=deepspeed_config.build(spec.deepspeed, spec.optim, spec.schedule, workers, use_gpu),
+        precision=spec.deepspeed.resolved_precision(use_gpu),
+        zero_stage=spec.deepspeed.resolved_stage(workers),
+        offload_optimizer=spec.deepspeed.offload_optimizer,
+        use_gpu=use_gpu,
+        tensorboard_uri=out.path("_state", "tensorboard"),
+        export_uri=out.path("model"),
+        tokenizer_uri=tokenizer_uri,
+    )

@@ -47,8 +47,10 @@ class TrainLoop:
         self.steps_run = 0
         self.last_checkpoint = -1
         self.loss_sum: Any = 0.0  # on-device sum of micro-batch losses since the last log (no per-step sync)
+        self.metric_sums: dict[str, Any] = dict.fromkeys(job.objective.metric_names, 0.0)  # likewise, per metric
         self.loss_count = 0
         self.last_loss: float | None = None
+        self.last_metrics: dict[str, float | None] = dict.fromkeys(job.objective.metric_names)
         self.eval_set: list[dict[str, Any]] | None = None  # validation micro-batches, read once per attempt
         self.throughput = Throughput()
         self.tensorboard = TensorBoard(job.tensorboard_uri, enabled=self.rank == 0)
@@ -105,14 +107,16 @@ class TrainLoop:
         """Micro-batches of this worker's shard, epoch after epoch. After a resume, the micro-batches the
         checkpointed run had already consumed in its epoch are skipped so the data is not seen twice."""
         import ray.train
-        import torch
 
         shard = ray.train.get_dataset_shard("train")
         skip = self.state.batches_in_epoch
         while True:
             seen = 0
             for batch in shard.iter_torch_batches(
-                batch_size=self.job.schedule.micro_batch_size, drop_last=True, dtypes=torch.long, device=self.device
+                batch_size=self.job.schedule.micro_batch_size,
+                drop_last=True,
+                dtypes=self.job.objective.batch_dtype(),
+                device=self.device,
             ):
                 seen += 1
                 if seen <= skip:
@@ -140,6 +144,8 @@ class TrainLoop:
             self.engine.backward(loss)
             self.engine.step()
             self.loss_sum = self.loss_sum + loss.detach()
+            for name in self.metric_sums:
+                self.metric_sums[name] = self.metric_sums[name] + metrics[name]
             self.loss_count += 1
             tokens += int(metrics["tokens"])
         self.state.step += 1
@@ -153,7 +159,7 @@ class TrainLoop:
         if step % schedule.log_every == 0:
             metrics.update(self.train_metrics())
         if step % schedule.eval_every == 0:
-            metrics["eval_loss"] = self.evaluate()
+            metrics.update(self.evaluate())
         if step % schedule.checkpoint_every == 0:
             self.checkpoint(metrics)
         elif len(metrics) > 1:
@@ -176,11 +182,17 @@ class TrainLoop:
 
     def train_metrics(self) -> dict[str, Any]:
         if self.loss_count:
-            self.last_loss = self.mean_over_ranks(float(self.loss_sum) / self.loss_count)
+            names = list(self.metric_sums)
+            sums = [float(self.loss_sum), *(float(self.metric_sums[n]) for n in names)]
+            means = self.mean_over_ranks([value / self.loss_count for value in sums])
+            self.last_loss = means[0]
+            self.last_metrics = dict(zip(names, means[1:], strict=True))
             self.loss_sum, self.loss_count = 0.0, 0
+            self.metric_sums = dict.fromkeys(names, 0.0)
         rate = self.throughput.window_rate()
         return {
             "loss": self.last_loss,
+            **self.last_metrics,
             "lr": float(self.engine.get_lr()[0]),
             "grad_norm": self.grad_norm(),
             "tokens_per_s": rate,
@@ -193,31 +205,39 @@ class TrainLoop:
         norm = self.engine.get_global_grad_norm()
         return None if norm is None else float(norm)
 
-    def evaluate(self) -> float | None:
-        """Mean loss per token over the validation micro-batches of all ranks."""
+    def evaluate(self) -> dict[str, float | None]:
+        """eval_loss (per token, or per pair) and eval_<metric> over the validation micro-batches of all ranks,
+        each batch weighted by what its loss averages over."""
+        names = ["loss", *self.job.objective.metric_names]
         if "val" not in self.splits:
-            return None
+            return dict.fromkeys((f"eval_{n}" for n in names), None)
         import torch
 
-        total = torch.zeros(2, dtype=torch.float64, device=self.device)  # (loss × tokens, tokens)
+        total = torch.zeros(len(names) + 1, dtype=torch.float64, device=self.device)  # (Σ value × weight..., Σ weight)
         self.engine.eval()
         with torch.no_grad():
             for batch in self.validation_batches():
                 loss, metrics = self.job.objective.loss(self.engine, batch)
-                total += torch.stack([loss.double() * metrics["loss_tokens"], total.new_tensor(metrics["loss_tokens"])])
+                weight = float(metrics["loss_tokens"])
+                row = [float(v) * weight for v in (loss, *(metrics[n] for n in names[1:]))] + [weight]
+                total += torch.tensor(row, dtype=torch.float64, device=self.device)
         self.engine.train()
         self.all_reduce(total)
-        return float(total[0] / total[1]) if total[1] > 0 else None
+        if total[-1] <= 0:
+            return dict.fromkeys((f"eval_{n}" for n in names), None)
+        return {f"eval_{n}": float(total[i] / total[-1]) for i, n in enumerate(names)}
 
     def validation_batches(self) -> list[dict[str, Any]]:
         """Up to `eval_batches` micro-batches of this worker's validation shard, kept in memory after the first
         evaluation: re-running the Ray Data pipeline for every evaluation would cost more than the evaluation."""
         if self.eval_set is None:
             import ray.train
-            import torch
 
             batches = ray.train.get_dataset_shard("val").iter_torch_batches(
-                batch_size=self.job.schedule.micro_batch_size, drop_last=True, dtypes=torch.long, device=self.device
+                batch_size=self.job.schedule.micro_batch_size,
+                drop_last=True,
+                dtypes=self.job.objective.batch_dtype(),
+                device=self.device,
             )
             self.eval_set = list(islice(batches, self.job.schedule.eval_batches))
         return self.eval_set
@@ -238,9 +258,10 @@ class TrainLoop:
         ray.train.report(metrics)
 
     def finish(self, stopped_by: str) -> dict[str, Any]:
-        final = {**self.summary(stopped_by), "eval_loss": self.evaluate()}
+        final = {**self.summary(stopped_by), **self.evaluate()}
         if self.job.export_uri:
-            export.export(self.engine, self.rank, self.job.export_dtype, self.job.tokenizer_uri, self.job.export_uri)
+            job = self.job
+            export.export(self.engine, self.rank, job.model, job.export_dtype, job.tokenizer_uri, job.export_uri)
         if self.last_checkpoint != self.state.step:
             self.checkpoint(final)
         else:
@@ -257,11 +278,15 @@ class TrainLoop:
             "tokens": self.state.tokens,
             "epoch": self.state.epoch,
             "train_loss": self.last_loss,
+            **{f"train_{name}": value for name, value in self.last_metrics.items()},
             "tokens_per_s": rate,
             "tokens_per_s_median": self.throughput.median_rate(),
             "mfu": mfu(rate, self.flops_per_token, self.peak_flops, self.world),
             "flops_per_token": self.flops_per_token,
             "params": sum(int(getattr(p, "ds_numel", p.numel())) for p in self.engine.module.parameters()),
+            "trainable_params": sum(
+                int(getattr(p, "ds_numel", p.numel())) for p in self.engine.module.parameters() if p.requires_grad
+            ),
             "resumed_from_step": self.resumed_from,
             "steps_run": self.steps_run,
             "loop_time_s": self.loop_time(),
@@ -283,12 +308,13 @@ class TrainLoop:
         if dist.is_initialized() and self.world > 1:
             dist.all_reduce(tensor)
 
-    def mean_over_ranks(self, value: float) -> float:
+    def mean_over_ranks(self, values: list[float]) -> list[float]:
+        """Each value averaged over the ranks, in one collective."""
         import torch
 
-        tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
         self.all_reduce(tensor)
-        return float(tensor.item() / self.world)
+        return [float(v) / self.world for v in tensor.tolist()]
 
     def progress(self, metrics: dict[str, Any]) -> None:
         if self.rank == 0:

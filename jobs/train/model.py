@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from cluster import storage
 from jobs.train.sources import TokenizerInfo
+from pipelines.spec.post import LoraConfig
 from pipelines.spec.train import ModelConfig
 
 if TYPE_CHECKING:
@@ -42,25 +43,80 @@ def llama_config(model: ModelConfig, tokenizer: TokenizerInfo, seq_len: int) -> 
     }
 
 
+HEADS = ("causal_lm", "reward")
+
+
 @dataclass(frozen=True)
 class ModelSource:
-    """How a worker gets its starting weights: `config` builds a fresh Llama (pretraining), `pretrained_uri`
-    loads a Hugging Face directory (SFT, reward model, DPO)."""
+    """How a worker gets its starting weights and what the stage exports.
+
+    `config` builds a fresh Llama (pretraining); `pretrained_uri` loads a Hugging Face directory (SFT, reward
+    model, DPO). `head` picks the output layer: "causal_lm" (next-token logits) or "reward" (one scalar per
+    sequence, read at its last non-pad token: LlamaForSequenceClassification with num_labels=1). `lora` wraps
+    the model in LoRA adapters that export merges back into the weights."""
 
     config: dict[str, Any] | None = None
     pretrained_uri: str | None = None
+    head: str = "causal_lm"
+    lora: LoraConfig | None = None
+    pad_token_id: int | None = None  # set on the model config when the source has none (the reward head needs it)
+    stop_token_ids: tuple[int, ...] = ()  # end-of-turn tokens generation also stops at (written to the export)
 
     def build(self, seed: int) -> PreTrainedModel:
         """The model in fp32 on the CPU; every rank builds the same weights from the same seed."""
         import torch
-        from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+        from transformers import LlamaConfig, LlamaForCausalLM
 
+        assert self.head in HEADS, f"unknown head {self.head!r}"
         torch.manual_seed(seed)
         if self.pretrained_uri is not None:
             with storage.local_copy(self.pretrained_uri) as path:
-                return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-        assert self.config is not None, "ModelSource needs a config or a pretrained_uri"
-        return LlamaForCausalLM(LlamaConfig(**self.config))
+                model = self.auto_class().from_pretrained(path, dtype=torch.float32, **self.head_kwargs())
+        else:
+            assert self.config is not None, "ModelSource needs a config or a pretrained_uri"
+            model = LlamaForCausalLM(LlamaConfig(**self.config))
+        if model.config.pad_token_id is None and self.pad_token_id is not None:
+            model.config.pad_token_id = self.pad_token_id
+        return self.adapt(model)
+
+    def auto_class(self) -> Any:
+        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+        return AutoModelForSequenceClassification if self.head == "reward" else AutoModelForCausalLM
+
+    def head_kwargs(self) -> dict[str, Any]:
+        return {"num_labels": 1} if self.head == "reward" else {}
+
+    def adapt(self, model: Any) -> Any:
+        """`model` wrapped in LoRA adapters when configured (only the adapters train)."""
+        if self.lora is None:
+            return model
+        from jobs.train import lora
+
+        return lora.wrap(model, self.lora)
+
+    def exportable(self, config: Any, state: dict[str, Any]) -> PreTrainedModel:
+        """A plain transformers model of the trained class holding `state` (gathered from the engine's module):
+        LoRA adapters merged, the KV cache on, and the chat template's end-of-turn tokens as stop tokens."""
+        import copy
+
+        import torch
+
+        config = copy.deepcopy(config)
+        config.use_cache = True  # training turns the KV cache off; generation wants it
+        model = self.adapt(self.auto_class().from_config(config, dtype=torch.float32))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        tied = {k for k in missing if k.endswith("lm_head.weight")} if config.tie_word_embeddings else set()
+        if unexpected or set(missing) - tied:
+            raise RuntimeError(f"export: state dict does not match the model: {missing=}, {unexpected=}")
+        if self.lora is not None:
+            model = model.merge_and_unload()
+        model.tie_weights()
+        if self.stop_token_ids and self.head == "causal_lm":
+            eos = model.generation_config.eos_token_id
+            eos = [eos] if isinstance(eos, int) else list(eos or [])
+            model.generation_config.eos_token_id = eos + [t for t in self.stop_token_ids if t not in eos]
+        return model
 
 
 def flops_per_token(config: Any, seq_len: int) -> float:

@@ -11,8 +11,8 @@ from typing import Any
 
 from cluster import storage
 from jobs.context import StageContext
-from jobs.train import deepspeed_config, launch, sources
-from jobs.train.job import TrainJob
+from jobs.train import launch, sources
+from jobs.train.job import TrainJob, for_stage
 from jobs.train.model import ModelSource, llama_config
 from jobs.train.objectives import CausalLM
 from pipelines.spec.train import PretrainStage
@@ -46,22 +46,8 @@ def build_objective(ctx: StageContext, spec: PretrainStage) -> CausalLM:
 
 
 def build_job(ctx: StageContext, spec: PretrainStage, objective: CausalLM) -> TrainJob:
-    use_gpu = spec.scaling.use_gpu
-    return TrainJob(
-        stage=ctx.name,
-        model=ModelSource(config=llama_config(spec.model, objective.tokenizer, spec.schedule.seq_len)),
-        objective=objective,
-        optim=spec.optim,
-        schedule=spec.schedule,
-        deepspeed=deepspeed_config.build(spec.deepspeed, spec.optim, spec.schedule, spec.scaling.num_workers, use_gpu),
-        precision=spec.deepspeed.resolved_precision(use_gpu),
-        zero_stage=spec.deepspeed.resolved_stage(spec.scaling.num_workers),
-        offload_optimizer=spec.deepspeed.offload_optimizer,
-        use_gpu=use_gpu,
-        tensorboard_uri=ctx.path("_state", "tensorboard"),
-        export_uri=ctx.path("model"),
-        tokenizer_uri=objective.tokenizer.uri,
-    )
+    model = ModelSource(config=llama_config(spec.model, objective.tokenizer, spec.schedule.seq_len))
+    return for_stage(ctx.name, spec, model, objective, ctx, tokenizer_uri=objective.tokenizer.uri)
 
 
 def copy_tree(src: str, dst: str) -> None:

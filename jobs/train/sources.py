@@ -39,6 +39,9 @@ class TokenizerInfo:
     eos_id: int
     bos_id: int | None
     pad_id: int | None
+    chat_template: str | None = None  # Jinja source, from tokenizer_config.json or chat_template.jinja
+    bos_token: str | None = None
+    eos_token: str | None = None
 
 
 def tokenizer_info(uri: str, field: str) -> TokenizerInfo:
@@ -68,11 +71,32 @@ def tokenizer_info(uri: str, field: str) -> TokenizerInfo:
         eos_id=ids["eos_token"],
         bos_id=ids["bos_token"],
         pad_id=ids["pad_token"],
+        chat_template=chat_template(uri, config),
+        bos_token=_token_text(config, "bos_token"),
+        eos_token=_token_text(config, "eos_token"),
     )
 
 
-def _token_id(tok: Any, config: dict[str, Any], name: str) -> int | None:
+def chat_template(uri: str, config: dict[str, Any]) -> str | None:
+    """The tokenizer's chat template: chat_template.jinja (transformers >= 4.43 saves it there) or the
+    tokenizer_config.json entry (a string, or a list of named templates of which 'default' is used)."""
+    path = storage.join(uri, "chat_template.jinja")
+    if storage.exists(path):
+        return storage.read_text(path)
+    template = config.get("chat_template")
+    if isinstance(template, list):
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
+    return template if isinstance(template, str) and template else None
+
+
+def _token_text(config: dict[str, Any], name: str) -> str | None:
     value = config.get(name)
     if isinstance(value, dict):  # an AddedToken serialised as a dict
         value = value.get("content")
-    return tok.token_to_id(value) if isinstance(value, str) else None
+    return value if isinstance(value, str) else None
+
+
+def _token_id(tok: Any, config: dict[str, Any], name: str) -> int | None:
+    value = _token_text(config, name)
+    return tok.token_to_id(value) if value is not None else None

@@ -10,15 +10,18 @@ import re
 import typing
 from typing import Annotated, Union
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from pipelines.spec.base import Model, Scaling, StageBase
 from pipelines.spec.data import DataStage
+from pipelines.spec.post import DPOStage, RewardModelStage, SFTStage
 from pipelines.spec.serve import ServeStage
 from pipelines.spec.train import PretrainStage, TokenizerStage
 
 Stage = Annotated[
-    Union[DataStage, TokenizerStage, PretrainStage, ServeStage],  # noqa: UP007 (pydantic reads this better)
+    Union[  # noqa: UP007 (pydantic reads this better)
+        DataStage, TokenizerStage, PretrainStage, SFTStage, RewardModelStage, DPOStage, ServeStage
+    ],
     Field(discriminator="kind"),
 ]
 
@@ -51,6 +54,20 @@ class Pipeline(Model):
                     f"stage name '{name}' is not allowed; use lowercase letters, digits, '-' and '_' (e.g. 'pretrain')"
                 )
         return stages
+
+    @model_validator(mode="after")
+    def _model_sources(self) -> Pipeline:
+        """A stage that starts from another stage's model (`model_kinds`) must name one that exports that kind."""
+        for name, stage in self.stages.items():
+            kinds = getattr(stage, "model_kinds", None)
+            ref = getattr(stage, "model", None)
+            if kinds and ref in self.stages and self.stages[ref].kind not in kinds:
+                raise ValueError(
+                    f"stages.{name}.model: '{ref}' is a {self.stages[ref].kind} stage, which exports no causal "
+                    f"language model; name a {', '.join(kinds[:-1])} or {kinds[-1]} stage, or a Hugging Face model "
+                    f"directory"
+                )
+        return self
 
 
 STAGE_CLASSES: tuple[type[StageBase], ...] = typing.get_args(typing.get_args(Stage)[0])

@@ -1,7 +1,7 @@
 """Training stage specs: the tokenizer and pretraining stages and the configs later training stages reuse.
 
 `ModelConfig`, `DeepSpeedConfig`, `OptimConfig`, `ScheduleConfig` and `FailureConfig` are shared by every stage
-that runs the training core in `jobs/train` (pretrain now; SFT, reward model, DPO later).
+that runs the training core in `jobs/train` (pretrain here; SFT, reward model and DPO in `post.py`).
 """
 
 from __future__ import annotations
@@ -251,7 +251,12 @@ class ScheduleConfig(Model):
     """How long to train, in what batches, and how often to evaluate, log and checkpoint."""
 
     steps: int = Field(1000, ge=1, description="Optimizer steps in total (a resumed run continues up to this).")
-    seq_len: int = Field(512, ge=8, description="Tokens per packed training sequence.")
+    seq_len: int = Field(
+        512,
+        ge=8,
+        description="Tokens per training sequence: the packing length in pretraining (and SFT with packing), the "
+        "longest example (prompt + answer) in SFT, reward-model and DPO stages.",
+    )
     micro_batch_size: int = Field(8, ge=1, description="Sequences per worker per forward/backward pass.")
     grad_accum: int = Field(
         1, ge=1, description="Micro-batches accumulated per optimizer step; global batch = micro × accum × workers."
@@ -339,12 +344,16 @@ def _check_precision(ds: DeepSpeedConfig, scaling: Scaling) -> None:
         )
 
 
-def _check_schedule(optim: OptimConfig, schedule: ScheduleConfig, model: ModelConfig) -> None:
+def _check_warmup(optim: OptimConfig, schedule: ScheduleConfig) -> None:
     if optim.warmup_steps >= schedule.steps:
         raise ValueError(
             f"optim.warmup_steps ({optim.warmup_steps}) must be below schedule.steps ({schedule.steps}), or the "
             f"learning rate never decays; lower warmup_steps (commonly 1-5% of steps)"
         )
+
+
+def _check_schedule(optim: OptimConfig, schedule: ScheduleConfig, model: ModelConfig) -> None:
+    _check_warmup(optim, schedule)
     if model.max_position_embeddings is not None and model.max_position_embeddings < schedule.seq_len:
         raise ValueError(
             f"model.max_position_embeddings ({model.max_position_embeddings}) is shorter than schedule.seq_len "

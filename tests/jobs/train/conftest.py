@@ -47,3 +47,46 @@ def pretrain_spec(corpus_dir: str, tokenizer_dir: str, **overrides) -> PretrainS
 
 def pretrain_context(spec: PretrainStage, out_uri: str) -> StageContext:
     return StageContext("pretrain", "pretrain", spec, "t", "r", "k", out_uri)
+
+
+# --- post-training (sft, reward_model, dpo) -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def chat_dir(tmp_path_factory) -> str:
+    """The demo chat and preference data (jobs.demo.chat), smaller than the demo's."""
+    from jobs.demo.chat import write_demo_chat
+
+    out = str(tmp_path_factory.mktemp("chat"))
+    write_demo_chat(out, n_sft=400, n_pairs=400, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def base_model_dir(chat_dir, tmp_path_factory) -> str:
+    """A randomly initialised tiny Llama saved as a Hugging Face directory with a ChatML tokenizer trained on the
+    chat data: what a pretrain stage exports, without spending a training run on it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from jobs.train.export import copy_tokenizer
+    from jobs.train.model import ModelSource, llama_config
+    from jobs.train.sources import tokenizer_info
+    from pipelines.spec.train import ModelConfig
+
+    text_dir = tmp_path_factory.mktemp("chat-text")
+    lines = [line for name in ("sft.jsonl", "preference.jsonl") for line in open(f"{chat_dir}/{name}")]
+    (text_dir / "data").mkdir()
+    pq.write_table(pa.table({"text": lines}), str(text_dir / "data" / "part-0.parquet"))
+    tok_dir = str(tmp_path_factory.mktemp("chat-tokenizer"))
+    spec = TokenizerStage(kind="tokenizer", data=str(text_dir), vocab_size=512)
+    tokenizer_stage.run(StageContext("tokenizer", "tokenizer", spec, "t", "r", "k", tok_dir))
+    out = str(tmp_path_factory.mktemp("base-model"))
+    info = tokenizer_info(tok_dir, "tokenizer")
+    ModelSource(config=llama_config(ModelConfig(preset="tiny"), info, seq_len=128)).build(seed=0).save_pretrained(out)
+    copy_tokenizer(tok_dir, out)
+    return out
+
+
+def post_context(kind: str, spec, out_uri: str) -> StageContext:
+    return StageContext(kind, kind, spec, "t", "r", "k", out_uri)
