@@ -20,7 +20,10 @@ install: $(VENV)/.installed
 $(DEMO)/manifest.json: | install
 	$(PY) -m jobs.demo.corpus $(DEMO)
 
-demo-data: $(DEMO)/manifest.json
+$(DEMO)-chat/manifest.json: | install
+	$(PY) -m jobs.demo.chat $(DEMO)-chat
+
+demo-data: $(DEMO)/manifest.json $(DEMO)-chat/manifest.json
 
 run: install demo-data
 	$(LLMCTL) cluster up
@@ -40,4 +43,4 @@ lint: install
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf runs $(DEMO)
+	rm -rf runs $(DEMO) $(DEMO)-chat
