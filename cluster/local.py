@@ -33,6 +33,9 @@ class LocalHead:
     agent_port: int = 52365
     temp_dir: str = "/tmp/llmctl-ray"
     num_cpus: int | None = None
+    node_ip: str | None = None  # None: Ray picks this machine's address; "127.0.0.1" keeps the cluster on loopback
+    resources: dict[str, float] | None = None  # custom resources (`ray start --resources`)
+    labels: dict[str, str] | None = None  # node labels that tasks and actors select with `label_selector`
 
     @property
     def dashboard_url(self) -> str:
@@ -44,6 +47,23 @@ class LocalHead:
 
     def logical_cpus(self) -> int:
         return self.num_cpus or max(MIN_LOGICAL_CPUS, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class WorkerNode:
+    """A Ray node that joins a running head (`ray start --address`): a second node on this machine, with its own
+    raylet, object store, resources and labels, so placement across nodes is real (multi-node tests).
+
+    `temp_dir` must not contain the head's temp dir as a substring: `stop` finds a node's processes by it.
+    """
+
+    gcs_address: str
+    temp_dir: str
+    agent_port: int  # the dashboard agent's HTTP port; Ray's default (52365) is the default head's
+    num_cpus: int = 2
+    node_ip: str | None = "127.0.0.1"
+    resources: dict[str, float] | None = None
+    labels: dict[str, str] | None = None
 
 
 def dashboard_version(url: str, timeout: float = 2.0) -> dict | None:
@@ -73,15 +93,9 @@ def start(head: LocalHead = LocalHead(), timeout: float = 120.0) -> LocalHead:
         f"--num-cpus={head.logical_cpus()}",
         f"--temp-dir={head.temp_dir}",
         "--disable-usage-stats",
+        *_node_args(head.node_ip, head.resources, head.labels),
     ]  # fmt: skip
-    # Job entrypoints run `python` from the head's PATH: make it this interpreter's.
-    path = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
-    # HEAD_ENV marks the processes of this head that keep their environment (helpers that outlive a worker).
-    # RAY_ADDRESS makes a bare
-    # `ray.init()` in any of them join this cluster instead of starting a new one.
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PATH": path, HEAD_ENV: head.temp_dir,
-           "RAY_ADDRESS": head.gcs_address}  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_node_env(head.temp_dir, head.gcs_address))
     if proc.returncode != 0:
         raise ClusterError(
             f"could not start the local Ray head (exit {proc.returncode}):\n{proc.stderr.strip()[-2000:]}\n"
@@ -95,6 +109,43 @@ def start(head: LocalHead = LocalHead(), timeout: float = 120.0) -> LocalHead:
     raise ClusterError(f"the local Ray head started but its dashboard at {head.dashboard_url} never answered")
 
 
+def _node_args(node_ip: str | None, resources: dict[str, float] | None, labels: dict[str, str] | None) -> list[str]:
+    args = [f"--node-ip-address={node_ip}"] if node_ip else []
+    if resources:
+        args.append(f"--resources={json.dumps(resources)}")
+    if labels:
+        args.append("--labels=" + ",".join(f"{k}={v}" for k, v in labels.items()))
+    return args
+
+
+def _node_env(temp_dir: str, gcs_address: str) -> dict[str, str]:
+    # Job entrypoints run `python` from the node's PATH: make it this interpreter's.
+    path = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+    # HEAD_ENV marks the processes of this node that keep their environment (helpers that outlive a worker).
+    # RAY_ADDRESS makes a bare `ray.init()` in any of them join this cluster instead of starting a new one.
+    return {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PATH": path, HEAD_ENV: temp_dir, "RAY_ADDRESS": gcs_address}
+
+
+def join(node: WorkerNode) -> WorkerNode:
+    """Start a worker node and return once `ray start` reports it running (its raylet registered with the head)."""
+    cmd = [
+        _ray_cli(), "start", f"--address={node.gcs_address}",
+        f"--num-cpus={node.num_cpus}",
+        f"--dashboard-agent-listen-port={node.agent_port}",
+        f"--temp-dir={node.temp_dir}",
+        "--disable-usage-stats",
+        *_node_args(node.node_ip, node.resources, node.labels),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_node_env(node.temp_dir, node.gcs_address))
+    if proc.returncode != 0:
+        raise ClusterError(
+            f"could not start a Ray worker node joining {node.gcs_address} (exit {proc.returncode}):\n"
+            f"{proc.stderr.strip()[-2000:]}\nCheck that the head runs there (`ray status --address "
+            f"{node.gcs_address}`) and that port {node.agent_port} is free."
+        )
+    return node
+
+
 def _jobs_api_ready(url: str) -> bool:
     try:
         with urllib.request.urlopen(f"{url}/api/jobs/", timeout=2.0) as resp:
@@ -103,8 +154,8 @@ def _jobs_api_ready(url: str) -> bool:
         return False
 
 
-def stop(head: LocalHead = LocalHead(), timeout: float = 5.0) -> bool:
-    """Stop the processes of this head only (its temp dir on the command line or in HEAD_ENV); True if any ran."""
+def stop(head: LocalHead | WorkerNode = LocalHead(), timeout: float = 5.0) -> bool:
+    """Stop the processes of this node only (its temp dir on the command line or in HEAD_ENV); True if any ran."""
     import psutil
 
     roots = [p for p in psutil.process_iter(["cmdline"]) if p.pid != os.getpid() and _belongs_to(p, head)]
@@ -132,7 +183,7 @@ def stop(head: LocalHead = LocalHead(), timeout: float = 5.0) -> bool:
     return bool(procs)
 
 
-def _belongs_to(proc, head: LocalHead) -> bool:
+def _belongs_to(proc, head: LocalHead | WorkerNode) -> bool:
     import psutil
 
     if head.temp_dir in " ".join(proc.info.get("cmdline") or []):

@@ -54,7 +54,7 @@ def submit(
     target = jobs.resolve_target(address)
     run_uri = write_run_record(p)
     metadata = {"pipeline": p.pipeline, "stages": ",".join(s.name for s in p.stages), "run_uri": run_uri}
-    env = key_digest_env(p)
+    env = {**storage.job_env(), **key_digest_env(p)}
     job_id = jobs.submit(target, p.run_id, f"python -m jobs.driver {run_uri}", metadata, env)
     sub = Submission(p.run_id, job_id, target, p)
     if wait:

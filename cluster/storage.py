@@ -3,6 +3,10 @@
 Every artifact location in llmctl is a URI string: an absolute local path or `s3://bucket/key`.
 S3 credentials and endpoint come from the standard AWS chain (env vars, ~/.aws, instance role);
 `AWS_ENDPOINT_URL` points at an S3-compatible server such as MinIO or moto.
+
+Credentials never travel with a job: the cluster's nodes find their own through the same chain (an instance
+profile, IRSA on Kubernetes, or the environment `ray start` / `llmctl cluster up` ran in). Only the settings
+that say *which* store `s3://` means travel, so the submitting shell and the job read and write the same one.
 """
 
 from __future__ import annotations
@@ -17,6 +21,17 @@ from contextlib import contextmanager
 from typing import Any
 
 from pipelines.errors import StorageError
+
+# Not secrets: where S3 is. A job gets the submitting shell's values (see `job_env`).
+LOCATION_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
+
+
+def job_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The S3 location settings set in this shell, for the job's runtime_env. Credentials (AWS_ACCESS_KEY_ID,
+    AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN) are never included: runtime_env is visible in the dashboard and
+    the job's metadata."""
+    environ = os.environ if environ is None else environ
+    return {name: environ[name] for name in LOCATION_ENV if environ.get(name)}
 
 
 def is_remote(uri: str) -> bool:

@@ -1,0 +1,32 @@
+"""The llmctl LLM application as a Serve config entry point, for deployments that do not go through a pipeline job:
+KubeRay's RayService (`serveConfigV2`) and `serve deploy config.yaml`.
+
+    applications:
+      - name: tiny
+        import_path: services.builder:app_builder
+        args: {name: tiny, model_source: s3://bucket/models/tiny, stage: {kind: serve, model: ..., autoscaling: ...}}
+
+`args` are the fields of an `AppRecord` (services.app), the same inputs a serve stage resolves in its job.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services import auth
+from services.app import AppRecord, build_app
+
+
+def record_from_args(args: dict[str, Any]) -> AppRecord:
+    """Validate Serve config args into an AppRecord. Keys named in stage.api_key_env are read where this runs (the
+    Serve controller on the head, e.g. from a Kubernetes Secret), and only their digests are kept."""
+    record = AppRecord.model_validate(args)
+    if record.key_digests:
+        return record
+    digests = auth.key_digests(record.stage.api_key_env, record.stage.api_keys)
+    return record.model_copy(update={"key_digests": tuple(digests)})
+
+
+def app_builder(args: dict[str, Any]) -> Any:
+    """Serve's application builder: one argument (the config's `args`), returns the bound application."""
+    return build_app(record_from_args(args))

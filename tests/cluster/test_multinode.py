@@ -1,0 +1,172 @@
+"""A head and a worker node on this machine (the `two_nodes` fixture): placement by node label, and a pipeline
+whose artifacts live on S3 (moto in server mode on loopback, with authentication enforced) running across both
+nodes, with credentials the nodes find themselves and that appear in nothing llmctl shows or stores."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+
+import pytest
+from click.testing import CliRunner
+
+from cli.main import main
+from cluster import jobs, multinode, storage
+from tests.conftest import ROOT, free_port
+
+pytestmark = pytest.mark.cluster
+
+WHERE = """
+import json, sys, ray
+ray.init(address=sys.argv[1], log_to_driver=False)
+
+@ray.remote(num_cpus=1)
+def node_of_task():
+    return ray.get_runtime_context().get_node_id()
+
+@ray.remote(num_cpus=1)
+class Probe:
+    def node(self):
+        return ray.get_runtime_context().get_node_id()
+
+on = lambda role: {"llmctl.io/role": role}
+print(json.dumps({
+    "worker_task": ray.get(node_of_task.options(label_selector=on("worker")).remote()),
+    "head_task": ray.get(node_of_task.options(label_selector=on("head")).remote()),
+    "worker_actor": ray.get(Probe.options(label_selector=on("worker")).remote().node.remote()),
+    "by_resource": ray.get(node_of_task.options(resources={"llmctl_worker_0": 1}).remote()),
+}))
+"""
+
+
+def test_work_selected_by_node_label_runs_on_that_node(two_nodes):
+    nodes = multinode.alive_nodes(two_nodes.dashboard_url)
+    by_role = {n["labels"][multinode.ROLE_LABEL]: n for n in nodes}
+    assert set(by_role) == {"head", "worker"} and len(nodes) == 2
+    head, worker = by_role["head"]["node_id"], by_role["worker"]["node_id"]
+    assert by_role["worker"]["resources_total"]["llmctl_worker_0"] == 1
+    assert "llmctl_worker_0" not in by_role["head"]["resources_total"]
+
+    out = subprocess.run([sys.executable, "-c", WHERE, two_nodes.gcs_address], capture_output=True, text=True,
+                         timeout=300, cwd=ROOT)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    placed = json.loads(out.stdout.strip().splitlines()[-1])
+    assert placed == {"worker_task": worker, "head_task": head, "worker_actor": worker, "by_resource": worker}
+
+
+# ---- S3 artifacts and credential hygiene ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class S3:
+    endpoint: str
+    key_id: str
+    secret: str
+    credentials_file: str
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """moto on loopback that refuses unsigned or wrongly signed requests, an IAM user allowed s3:*, and that
+    user's keys in a shared-credentials file (the only place the secret is written)."""
+    import boto3
+    import moto.settings
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    setup = {"endpoint_url": endpoint, "region_name": "us-east-1", "aws_access_key_id": "setup",
+             "aws_secret_access_key": "setup"}  # fmt: skip
+    iam = boto3.client("iam", **setup)
+    iam.create_user(UserName="llmctl")
+    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+    iam.put_user_policy(UserName="llmctl", PolicyName="s3", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName="llmctl")["AccessKey"]
+    boto3.client("s3", **setup).create_bucket(Bucket="llm")
+    creds = tmp_path_factory.mktemp("aws") / "credentials"
+    creds.write_text(f"[default]\naws_access_key_id = {key['AccessKeyId']}\n"
+                     f"aws_secret_access_key = {key['SecretAccessKey']}\n")  # fmt: skip
+    enforced = moto.settings.INITIAL_NO_AUTH_ACTION_COUNT
+    moto.settings.INITIAL_NO_AUTH_ACTION_COUNT = 0  # from now on every request must be signed by a known key
+    yield S3(endpoint, key["AccessKeyId"], key["SecretAccessKey"], str(creds))
+    moto.settings.INITIAL_NO_AUTH_ACTION_COUNT = enforced
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def two_nodes_env(s3):
+    """What an instance role gives a real node: credentials it finds through the AWS chain on its own. No endpoint
+    and no keys in the environment: the endpoint must come with the job, the keys must not."""
+    absent = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+              "AWS_SESSION_TOKEN", "AWS_PROFILE")  # fmt: skip
+    return {"AWS_SHARED_CREDENTIALS_FILE": s3.credentials_file, "AWS_CONFIG_FILE": os.devnull,
+            "AWS_REGION": "us-east-1", **dict.fromkeys(absent)}  # fmt: skip
+
+
+@pytest.fixture
+def client_env(s3, monkeypatch):
+    """The submitting shell: its own credentials from the same chain, and the endpoint."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", s3.credentials_file)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint)
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+
+
+def test_s3_pipeline_on_two_nodes_keeps_credentials_out_of_job_logs_and_storage(
+    two_nodes, s3, client_env, tmp_path, monkeypatch
+):
+    from ray.job_submission import JobSubmissionClient
+
+    from jobs.demo.corpus import write_demo_corpus
+
+    manifest = write_demo_corpus(str(tmp_path / "corpus"), n_docs=60, seed=3)
+    storage.upload_dir(str(tmp_path / "corpus"), "s3://llm/corpus")
+    spec = tmp_path / "s3.yaml"
+    spec.write_text(
+        textwrap.dedent("""
+        name: s3run
+        storage: s3://llm/runs
+        stages:
+          curate: {kind: data, inputs: ["s3://llm/corpus/*.jsonl"], exact_dedup: false, minhash: null, pii: null}
+        """)
+    )
+    monkeypatch.chdir(tmp_path)
+
+    result = CliRunner().invoke(main, ["submit", str(spec), "--address", two_nodes.dashboard_url],
+                                catch_exceptions=False)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    markers = storage.list_files("s3://llm/runs/s3run", "_SUCCESS")
+    assert len(markers) == 1, "the stage is committed on S3"
+    stage_uri = markers[0].rsplit("/", 1)[0]
+    assert storage.read_json(markers[0])["metrics"]["rows"]["in"] == manifest["expected"]["rows_in"]
+    assert storage.list_files(f"{stage_uri}/data", ".parquet"), "curated shards are on S3"
+    assert not (tmp_path / "runs").exists(), "nothing was written locally"
+
+    target = jobs.Target(two_nodes.dashboard_url, is_local=False)
+    [job] = jobs.list_runs(target)  # the only run on this cluster
+    info = JobSubmissionClient(two_nodes.dashboard_url).get_job_info(job.submission_id)
+    assert info.runtime_env["env_vars"]["AWS_ENDPOINT_URL"] == s3.endpoint, "the endpoint travels with the job"
+    shown = {
+        "job info (runtime_env, metadata, entrypoint)": repr(info),
+        "job log": jobs.logs(target, job.submission_id),
+        "llmctl submit output": result.output,
+        **{uri: _read_bytes(uri).decode("latin-1") for uri in storage.list_files("s3://llm/runs")},
+    }
+    assert any(uri.endswith("/spec.yaml") for uri in shown) and any(uri.endswith("/plan.json") for uri in shown)
+    for where, text in shown.items():
+        assert s3.secret not in text, f"the secret access key appears in {where}"
+        assert s3.key_id not in text, f"the access key id appears in {where}"
+
+
+def _read_bytes(uri: str) -> bytes:
+    fs, path = storage.filesystem(uri)
+    with fs.open_input_stream(path) as f:
+        return f.read()
