@@ -71,10 +71,17 @@ def plan(spec: str, overrides: tuple[str, ...]) -> None:
 @set_option
 @address_option
 @click.option("--no-wait", is_flag=True, help="Return after submitting instead of following the run.")
-@click.option("--quiet", is_flag=True, help="Do not stream the job log while waiting.")
-def submit(spec: str, overrides: tuple[str, ...], address: str | None, no_wait: bool, quiet: bool) -> None:
-    """Run a pipeline as a Ray job; re-submitting the same spec resumes it."""
-    from cli.render import print_summary
+@click.option("--logs", "stream_logs", is_flag=True, help="Stream the job log instead of the live stage table.")
+@click.option("--quiet", is_flag=True, help="Show neither the job log nor the stage table while waiting.")
+def submit(
+    spec: str, overrides: tuple[str, ...], address: str | None, no_wait: bool, stream_logs: bool, quiet: bool
+) -> None:
+    """Run a pipeline as a Ray job; re-submitting the same spec resumes it.
+
+    While it runs, a terminal shows a live table of the stages; `--logs` (and any non-terminal output, such as
+    CI or a pipe) streams the job log as plain lines instead.
+    """
+    from cli.render import console, follow_live, print_summary
     from cluster import runs
 
     sub = runs.submit(spec, overrides, address, wait=False)
@@ -83,7 +90,12 @@ def submit(spec: str, overrides: tuple[str, ...], address: str | None, no_wait: 
     if no_wait:
         click.echo(f"follow it with: llmctl logs -f {sub.run_id}")
         return
-    runs.follow(sub, None if quiet else lambda chunk: click.echo(chunk, nl=False))
+    if quiet:
+        runs.follow(sub)
+    elif stream_logs or not console.is_terminal:
+        runs.follow(sub, lambda chunk: click.echo(chunk, nl=False))
+    else:
+        follow_live(sub)
     print_summary(sub)
 
 

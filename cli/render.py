@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from rich.console import Console
@@ -55,6 +56,24 @@ def print_summary(sub) -> None:
     console.print(f"dashboard: {sub.target.dashboard_url}")
 
 
+def follow_live(sub) -> None:
+    """Follow a submitted run with the live stage table; when it fails, print the end of its log under the table."""
+    from cli.progress import LiveProgress
+    from cluster import runs
+    from pipelines.errors import JobFailed
+
+    failure: JobFailed | None = None
+    with LiveProgress(sub.plan, console) as live:
+        try:
+            runs.follow(sub, live.feed)
+        except JobFailed as exc:
+            failure = exc
+        live.finish(sub.status)
+    if failure is not None:
+        console.print("\n".join(live.tail), markup=False, style="dim")
+        raise failure
+
+
 # What the summary shows of each stage's metrics, in this order (the full metrics are in its _SUCCESS marker).
 SUMMARY_KEYS = ("vocab_size", "step", "train_loss", "eval_loss", "tokens_per_s", "mfu", "replicas", "endpoint")
 
@@ -71,11 +90,24 @@ def _produced(stage: dict[str, Any]) -> str:
 
 
 def print_runs(jobs) -> None:
-    table = Table()
-    for col in ("run", "job", "status", "pipeline", "stages"):
-        table.add_column(col)
+    """One row per job from its metadata (run id, pipeline, stages): a table in a terminal, else tab-separated lines
+    (CI logs, pipes, scripts)."""
+    header = ("run", "job", "status", "pipeline", "stages", "started")
+    rows = []
     for j in jobs:
         meta = j.metadata or {}
-        table.add_row(meta.get("llmctl_run_id", "?"), j.submission_id, str(j.status), meta.get("pipeline", ""),
-                      meta.get("stages", ""))  # fmt: skip
+        started = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(j.start_time / 1000)) if j.start_time else "-"
+        rows.append((meta.get("llmctl_run_id", "?"), j.submission_id, str(j.status), meta.get("pipeline", ""),
+                     meta.get("stages", ""), started))  # fmt: skip
+    if not console.is_terminal:
+        import click
+
+        for row in (header, *rows):
+            click.echo("\t".join(row))
+        return
+    table = Table()
+    for col in header:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*row)
     console.print(table)

@@ -27,7 +27,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     spec = ctx.spec
     ds = read_inputs(ctx)
     ds = ds.map_batches(normalize, batch_format="pyarrow")
-    ds = apply_quality_filters(ds, spec)
+    ds = apply_quality_filters(ds, spec).materialize()  # dedup starts from these blocks; no extra pass
+    ctx.progress(phase="dedup", rows_read=ds.count())
     kept, rejected, dedup_stats = deduplicate(ds, spec)
     kept, pii_counts = redact_pii(kept, spec)
     rows = write_outputs(ctx, kept, rejected)
