@@ -152,6 +152,24 @@ def list_runs(address: str | None) -> None:
 
 
 @main.command()
+@click.argument("run")
+@click.option("--storage", "storage_root", default="./runs", show_default=True, metavar="PATH",
+              help="Where the pipeline keeps its runs: the `storage:` of its YAML (a path or s3://...).")
+@click.option("-o", "--out", default=None, type=click.Path(dir_okay=False),
+              help="HTML file to write [default: report.html in the run record].")
+@address_option
+def report(run: str, storage_root: str, out: str | None, address: str | None) -> None:
+    """Write one self-contained HTML report of RUN (a run id, or a pipeline name for its latest run)."""
+    from cli.report import write_report
+
+    result = write_report(run, storage_root, out, address)
+    click.echo(f"report: {result.path}")
+    click.echo(result.tensorboard_command or "tensorboard: no stage of this run wrote event files")
+    if result.links.dashboard_url:
+        click.echo(f"dashboard: {result.links.dashboard_url}")
+
+
+@main.command()
 def schema() -> None:
     """Print the JSON Schema of pipeline files (for editors)."""
     from pipelines.load import json_schema
