@@ -15,6 +15,8 @@ RUNNERS: dict[str, str] = {
     "sft": "jobs.train.sft:run",
     "reward_model": "jobs.train.reward:run",
     "dpo": "jobs.train.dpo:run",
+    "grpo": "jobs.rlhf.stage:run",
+    "ppo": "jobs.rlhf.stage:run",
     "serve": "services.stage:run",
 }
 

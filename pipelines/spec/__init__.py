@@ -15,12 +15,14 @@ from pydantic import Field, field_validator, model_validator
 from pipelines.spec.base import Model, Scaling, StageBase
 from pipelines.spec.data import DataStage
 from pipelines.spec.post import DPOStage, RewardModelStage, SFTStage
+from pipelines.spec.rlhf import GRPOStage, PPOStage
 from pipelines.spec.serve import ServeStage
 from pipelines.spec.train import PretrainStage, TokenizerStage
 
 Stage = Annotated[
     Union[  # noqa: UP007 (pydantic reads this better)
-        DataStage, TokenizerStage, PretrainStage, SFTStage, RewardModelStage, DPOStage, ServeStage
+        DataStage, TokenizerStage, PretrainStage, SFTStage, RewardModelStage, DPOStage, GRPOStage, PPOStage,
+        ServeStage,
     ],
     Field(discriminator="kind"),
 ]

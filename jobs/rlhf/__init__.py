@@ -1,0 +1,1 @@
+"""RLHF stages (grpo, ppo): role worker groups, rollouts, the algorithms and the driver."""

@@ -1,0 +1,268 @@
+"""The RLHF driver: one step reads as the algorithm, each phase a method over the role worker groups.
+
+    generate -> score (reward, reference log-probs, values, old log-probs: in parallel) -> advantages
+    -> update (critic and actor: in parallel, they are separate groups) -> sync weights to the rollout engines
+
+`GRPOTrainer` and `PPOTrainer` differ only in `advantages` (and PPO's critic). Checkpoints (actor and critic
+DeepSpeed state plus the driver's position) go to `<stage>/_state/checkpoints/step_N/`, committed by
+`trainer.json` written last; a resubmitted run resumes from the latest committed one.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from cluster import storage
+from cluster.worker_group import ResourcePool, WorkerGroup
+from jobs.rlhf import algorithms as alg
+from jobs.rlhf.prompts import Prompt, PromptStream
+from jobs.rlhf.rewards import FunctionReward
+from jobs.rlhf.rollout import assemble
+
+STATE_FILE = "trainer.json"
+
+
+@dataclass
+class Roles:
+    actor: WorkerGroup
+    reference: WorkerGroup
+    engines: WorkerGroup
+    reward: WorkerGroup | FunctionReward
+    critic: WorkerGroup | None = None
+    pool: ResourcePool | None = None  # shared by colocated roles
+
+    def shutdown(self) -> None:
+        for group in (self.actor, self.reference, self.engines, self.reward, self.critic):
+            if isinstance(group, WorkerGroup):
+                group.shutdown()
+        if self.pool is not None:
+            self.pool.remove()
+
+
+@dataclass
+class Rollout:
+    """One step's samples: the tensors the roles train on and the texts the reward reads."""
+
+    prompts: list[Prompt]  # one per sample (a prompt repeated num_samples times, consecutively)
+    completions: list[str]
+    tensors: dict[str, Any]  # input_ids, attention_mask, mask, then scores, ref_logp, values, advantages ...
+
+
+@dataclass
+class Progress:
+    step: int = 0
+    prompt_position: int = 0
+    loop_time_s: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class RLHFTrainer:
+    def __init__(self, spec: Any, roles: Roles, stream: PromptStream, decode: Any, pad_id: int,
+                 state_uri: str, log: Any) -> None:  # fmt: skip
+        self.spec, self.roles, self.stream, self.decode, self.pad_id = spec, roles, stream, decode, pad_id
+        self.state_uri, self.log = state_uri, log
+        self.progress = Progress()
+        self.resumed_from = 0
+        self.started = time.monotonic()
+
+    # --- the loop ------------------------------------------------------------------------------------------
+
+    def fit(self) -> dict[str, Any]:
+        self.resume()
+        stopped_by = "steps"
+        while self.progress.step < self.spec.steps:
+            if self.spec.time_budget_s is not None and self.loop_time() >= self.spec.time_budget_s:
+                stopped_by = "time_budget"
+                break
+            metrics = self.train_step()
+            self.after_step(metrics)
+        if not self.progress.history or self.progress.step % self.spec.checkpoint_every:
+            self.checkpoint()
+        return self.summary(stopped_by)
+
+    def train_step(self) -> dict[str, Any]:
+        start = time.perf_counter()
+        rollout = self.generate()
+        generated = time.perf_counter()
+        self.score(rollout)
+        self.advantages(rollout)
+        metrics = self.update(rollout)
+        updated = time.perf_counter()
+        metrics["sync_s"] = self.sync_weights()
+        elapsed = time.perf_counter() - start
+        timings = {"generate_s": generated - start, "update_s": updated - generated, "step_s": elapsed}
+        return {**self.rollout_metrics(rollout), **metrics, **timings, "samples_per_s": len(rollout.prompts) / elapsed}
+
+    # --- the phases ----------------------------------------------------------------------------------------
+
+    def generate(self) -> Rollout:
+        prompts = [p for p in self.stream.take(self.spec.prompts_per_step) for _ in range(self.spec.num_samples)]
+        answers = self.roles.engines.generate({"prompt_ids": [p.ids for p in prompts]})["response_ids"]
+        completions = [self.decode(a) for a in answers]
+        tensors = assemble([p.ids for p in prompts], answers, self.pad_id)
+        return Rollout(prompts, completions, tensors)
+
+    def score(self, rollout: Rollout) -> None:
+        """Reward, reference log-probs and (PPO) values and old log-probs, each group working at once."""
+        import torch
+
+        batch = rollout.tensors
+        pending = {"ref_logp": self.roles.reference.log_probs.remote(batch)}
+        if self.roles.critic is not None:
+            pending["values"] = self.roles.critic.values.remote(batch)
+        if self.needs_old_logps():
+            pending["old_logp"] = self.roles.actor.log_probs.remote(batch)
+        if isinstance(self.roles.reward, FunctionReward):
+            scores = self.roles.reward.score([p.text for p in rollout.prompts], rollout.completions)
+            batch["scores"] = torch.tensor(scores, dtype=torch.float32)
+        else:
+            texts = {"prompt_messages": [p.messages for p in rollout.prompts], "completions": rollout.completions}
+            pending["scores"] = self.roles.reward.score.remote(texts)
+        for key, call in pending.items():
+            batch[key] = call.get()[key]
+
+    def needs_old_logps(self) -> bool:
+        """Log-probs of the sampling policy; with one epoch the actor's first pass gives them for free."""
+        return self.spec.epochs > 1
+
+    def advantages(self, rollout: Rollout) -> None:
+        raise NotImplementedError
+
+    def update(self, rollout: Rollout) -> dict[str, Any]:
+        """Critic and actor updates on the same batch, in parallel (separate worker groups)."""
+        batch = {k: v for k, v in rollout.tensors.items() if k != "scores"}
+        pending = [self.roles.actor.update.remote(batch, epochs=self.spec.epochs)]
+        if self.roles.critic is not None:
+            pending.append(self.roles.critic.update.remote(batch, epochs=self.spec.epochs))
+        metrics: dict[str, Any] = {}
+        for call in pending:
+            metrics.update(call.get())
+        return metrics
+
+    def sync_weights(self) -> float:
+        """The actor's new weights into every rollout engine; seconds taken."""
+        import ray
+
+        start = time.perf_counter()
+        state = ray.put(self.roles.actor.state_dict())
+        self.roles.engines.load_weights(state)
+        return time.perf_counter() - start
+
+    # --- metrics, checkpoints ------------------------------------------------------------------------------
+
+    def rollout_metrics(self, rollout: Rollout) -> dict[str, Any]:
+        t = rollout.tensors
+        scores = t["scores"]
+        lengths = t["mask"].sum(-1)
+        kl = (
+            alg.masked_mean(alg.kl_estimate(t["old_logp"], t["ref_logp"], "k1"), t["mask"]) if "old_logp" in t else None
+        )
+        return {
+            "reward_mean": float(scores.mean()), "reward_std": float(scores.std()) if len(scores) > 1 else 0.0,
+            "response_len": float(lengths.float().mean()), **({"rollout_kl": float(kl)} if kl is not None else {}),
+        }  # fmt: skip
+
+    def after_step(self, metrics: dict[str, Any]) -> None:
+        self.progress.step += 1
+        self.progress.prompt_position = self.stream.position
+        metrics = {"step": self.progress.step, **{k: round(float(v), 6) for k, v in metrics.items()}}
+        self.progress.history.append(metrics)
+        if self.progress.step % self.spec.log_every == 0:
+            shown = ("reward_mean", "reward_std", "kl", "rollout_kl", "entropy", "clipfrac", "value_loss",
+                     "response_len", "samples_per_s", "sync_s")  # fmt: skip
+            fields = " ".join(f"{k}={metrics[k]:.4g}" for k in shown if k in metrics)
+            self.log(f"progress step={self.progress.step} {fields}")
+        if self.progress.step % self.spec.checkpoint_every == 0:
+            self.checkpoint()
+
+    def checkpoint(self) -> None:
+        uri = storage.join(self.state_uri, "checkpoints", f"step_{self.progress.step:08d}")
+        pending = [self.roles.actor.save.remote(storage.join(uri, "actor"))]
+        if self.roles.critic is not None:
+            pending.append(self.roles.critic.save.remote(storage.join(uri, "critic")))
+        for call in pending:
+            call.get()
+        self.progress.loop_time_s = self.loop_time()
+        storage.write_json(storage.join(uri, STATE_FILE), self.progress.__dict__)
+        for old in self.checkpoints()[: -self.spec.keep_checkpoints]:
+            storage.delete_dir(old)
+
+    def checkpoints(self) -> list[str]:
+        """Committed checkpoint directories, oldest first."""
+        files = storage.list_files(storage.join(self.state_uri, "checkpoints"), suffix=STATE_FILE)
+        return sorted(f[: -len(STATE_FILE) - 1] for f in files)
+
+    def resume(self) -> None:
+        found = self.checkpoints()
+        if not found:
+            return
+        uri = found[-1]
+        state = storage.read_json(storage.join(uri, STATE_FILE))
+        pending = [self.roles.actor.load.remote(storage.join(uri, "actor"))]
+        if self.roles.critic is not None:
+            pending.append(self.roles.critic.load.remote(storage.join(uri, "critic")))
+        for call in pending:
+            call.get()
+        self.progress = Progress(**state)
+        self.stream.position = self.progress.prompt_position
+        self.resumed_from = self.progress.step
+        self.sync_weights()  # the engines started from the initial policy
+        self.log(f"resumed from step {self.resumed_from} ({uri})")
+
+    def loop_time(self) -> float:
+        return self.progress.loop_time_s + (time.monotonic() - self.started)
+
+    def summary(self, stopped_by: str) -> dict[str, Any]:
+        history = self.progress.history
+        window = max(1, min(5, len(history) // 4 or 1))
+
+        def mean(key: str, rows: list[dict[str, Any]]) -> float | None:
+            values = [r[key] for r in rows if key in r]
+            return round(statistics.fmean(values), 6) if values else None
+
+        run = history[self.resumed_from :] if self.resumed_from < len(history) else history
+        first, last = history[:window], history[-window:]
+        step_time = sum(r["step_s"] for r in run)
+        return {
+            "step": self.progress.step,
+            "resumed_from_step": self.resumed_from,
+            "steps_run": self.progress.step - self.resumed_from,
+            "stopped_by": stopped_by,
+            "reward_first": mean("reward_mean", first),
+            "reward_last": mean("reward_mean", last),
+            "kl_last": mean("kl", last) if mean("kl", last) is not None else mean("rollout_kl", last),
+            "response_len_last": mean("response_len", last),
+            "samples_per_s": mean("samples_per_s", run),
+            "steps_per_s": round(len(run) / step_time, 6) if step_time else None,
+            "sync_s": mean("sync_s", run),
+            "loop_time_s": round(self.loop_time(), 3),
+        }
+
+    def history_jsonl(self) -> str:
+        return "".join(json.dumps(row) + "\n" for row in self.progress.history)
+
+
+class GRPOTrainer(RLHFTrainer):
+    def advantages(self, rollout: Rollout) -> None:
+        t = rollout.tensors
+        t["advantages"] = alg.group_advantages(t["scores"], self.spec.num_samples, scale=self.spec.scale_rewards)
+
+
+class PPOTrainer(RLHFTrainer):
+    def needs_old_logps(self) -> bool:
+        return True  # the KL-shaped reward needs the sampling policy's log-probs
+
+    def advantages(self, rollout: Rollout) -> None:
+        t, spec = rollout.tensors, self.spec
+        kl = alg.kl_estimate(t["old_logp"], t["ref_logp"], spec.kl.estimator)
+        rewards = alg.shaped_rewards(t["scores"], kl, t["mask"], spec.kl.coef)
+        advantages, returns = alg.gae(rewards, t["values"], t["mask"], spec.gamma, spec.lam)
+        t["advantages"] = alg.whiten(advantages, t["mask"]) if spec.whiten_advantages else advantages
+        t["returns"] = returns
+
+
+TRAINERS = {"grpo": GRPOTrainer, "ppo": PPOTrainer}
