@@ -63,11 +63,13 @@ def test_example_pipeline_runs_end_to_end_then_resubmit_skips_every_stage(ray_he
         for key, value in (("schedule.steps", 2), ("optim.warmup_steps", 1), ("schedule.eval_every", 2),
                            ("schedule.checkpoint_every", 2)):  # fmt: skip
             small += ["--set", f"{stage}.{key}={value}"]
+    small += ["--set", "align.steps=2", "--set", "align.checkpoint_every=2", "--set", "align.prompts_per_step=2",
+              "--set", "align.micro_batch_size=8", "--set", "align.rollout.max_new_tokens=8"]  # fmt: skip
     try:
         first = submit(example, ray_head.dashboard_url, *small)
         assert first.exit_code == 0, first.output
         done = markers(root / "runs")
-        assert set(done) == {"curate", "tokenizer", "pretrain", "sft", "dpo", "serve"}
+        assert set(done) == {"curate", "tokenizer", "pretrain", "sft", "dpo", "align", "serve"}
         rows = done["curate"]["metrics"]["rows"]
         assert rows["in"] == manifest["expected"]["rows_in"], "every input line is counted"
         assert rows["out"] == manifest["expected"]["kept"]
@@ -84,7 +86,7 @@ def test_example_pipeline_runs_end_to_end_then_resubmit_skips_every_stage(ray_he
         second = submit(example, ray_head.dashboard_url, *small)
         elapsed = time.monotonic() - started
         assert second.exit_code == 0, second.output
-        for stage in ("curate", "tokenizer", "pretrain", "sft", "dpo"):
+        for stage in ("curate", "tokenizer", "pretrain", "sft", "dpo", "align"):
             assert f"[{stage}] cached" in second.output
         again = markers(root / "runs")
         assert {k: v for k, v in again.items() if k != "serve"} == {k: v for k, v in done.items() if k != "serve"}

@@ -104,29 +104,29 @@ def test_zero2_loss_falls_metrics_and_export(ray_session, corpus_dir, tokenizer_
     check_export(out, corpus_dir, metrics["eval_loss"], generates=True)
 
 
-def test_zero3_gathers_sharded_weights_for_export(ray_session, corpus_dir, tokenizer_dir, tmp_path):
-    spec = pretrain_spec(corpus_dir, tokenizer_dir, deepspeed={"zero_stage": 3}, schedule={"steps": 10})
+def test_zero3_resubmitted_run_continues_from_its_checkpoint_and_gathers_the_export(
+    ray_session, corpus_dir, tokenizer_dir, tmp_path
+):
+    """ZeRO-3 shards parameters and optimizer state: the checkpoint must restore them and the export must gather
+    the shards into one Hugging Face model."""
     out = str(tmp_path / "pretrain")
-    metrics = pretrain.run(pretrain_context(spec, out))
-    assert (metrics["step"], metrics["zero_stage"]) == (10, 3)
-    assert metrics["eval_loss"] < math.log(512)
-    check_export(out, corpus_dir, metrics["eval_loss"], generates=False)  # 10 steps: weights matter, not prose
 
+    def spec(steps: int):
+        return pretrain_spec(corpus_dir, tokenizer_dir, deepspeed={"zero_stage": 3}, schedule={"steps": steps})
 
-def test_resubmitted_run_continues_from_its_checkpoint(ray_session, corpus_dir, tokenizer_dir, tmp_path):
-    out = str(tmp_path / "pretrain")
-    first = pretrain.run(pretrain_context(pretrain_spec(corpus_dir, tokenizer_dir, schedule={"steps": 6}), out))
-    assert (first["step"], first["resumed_from_step"], first["steps_run"]) == (6, 0, 6)
+    first = pretrain.run(pretrain_context(spec(6), out))
+    assert (first["step"], first["resumed_from_step"], first["steps_run"], first["zero_stage"]) == (6, 0, 6, 3)
 
     # The driver empties an unfinished stage's output before re-running it, all but _state/.
     for name in os.listdir(out):
         if name != "_state":
             shutil.rmtree(os.path.join(out, name))
-    second = pretrain.run(pretrain_context(pretrain_spec(corpus_dir, tokenizer_dir, schedule={"steps": 12}), out))
+    second = pretrain.run(pretrain_context(spec(12), out))
     assert (second["step"], second["resumed_from_step"], second["steps_run"]) == (12, 6, 6)
     assert second["tokens"] == 12 * TOKENS_PER_STEP
-    assert os.path.exists(os.path.join(out, "model", "model.safetensors"))
     assert min(read_scalars(os.path.join(out, "tensorboard"))["loss"]) == 5  # history from the first run kept
+    assert second["eval_loss"] < math.log(512)
+    check_export(out, corpus_dir, second["eval_loss"], generates=False)  # 12 steps: weights matter, not prose
 
 
 def test_killed_worker_restarts_the_group_from_the_last_checkpoint(ray_session, corpus_dir, tokenizer_dir, tmp_path):
