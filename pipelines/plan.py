@@ -146,7 +146,11 @@ def code_paths(kind: str | None) -> tuple[str, ...]:
         own = f"jobs/{module[1]}"  # jobs.train.pretrain -> jobs/train/
     else:
         own = "jobs/*.py"  # jobs.tokenizer -> already in the core
-    return ("pipelines", "cluster", "jobs/*.py", own)
+    return ("pipelines", "cluster", "jobs/*.py", own, *BUILDS_ON.get(own, ()))
+
+
+# Runner packages that import another runner package: its code changes their results too.
+BUILDS_ON: dict[str, tuple[str, ...]] = {"jobs/rlhf": ("jobs/train",)}
 
 
 def _source_files(path: str) -> list[str]:

@@ -113,5 +113,6 @@ def test_code_version_covers_the_runner_package_only():
     assert "services" in code_paths("serve") and "jobs/train" not in code_paths("serve")
     assert "jobs/train" in code_paths("pretrain") and "services" not in code_paths("pretrain")
     assert "jobs/data" in code_paths("data")
+    assert {"jobs/rlhf", "jobs/train"} <= set(code_paths("grpo")), "rlhf runs the training core"
     assert code_version("serve") != code_version("pretrain")
     assert code_version("serve") == code_version("serve")
