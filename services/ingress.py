@@ -1,4 +1,5 @@
-"""The OpenAI ingress of an llmctl app: Ray Serve LLM's `OpenAiIngress` plus auth, request limits and /health.
+"""The OpenAI ingress of an llmctl app: Ray Serve LLM's `OpenAiIngress` plus auth, request limits, /health and a
+chat page at / and /chat (services.chat_page).
 
 Checks run in an ASGI middleware that sits outside every other layer, so a request without a valid key or with an
 oversized body is answered (401 / 413) before its body is parsed and long before it reaches a vLLM replica. The
@@ -18,8 +19,9 @@ from ray.llm._internal.serve.core.ingress.ingress import init as init_openai_fas
 from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 
+from services import chat_page
 from services.auth import Guard, Rejection
 
 Scope = MutableMapping[str, Any]
@@ -82,6 +84,11 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
+def _is_page(scope: Scope) -> bool:
+    """The chat page loads without a key (it holds none); its API calls carry the key the user types in."""
+    return scope.get("method") == "GET" and _route_path(scope) in chat_page.PATHS
+
+
 class GuardMiddleware:
     """Pure ASGI (not BaseHTTPMiddleware) so streamed responses pass through untouched."""
 
@@ -94,7 +101,7 @@ class GuardMiddleware:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        rejection = guard.authorize(_route_path(scope), headers.get("authorization"))
+        rejection = None if _is_page(scope) else guard.authorize(_route_path(scope), headers.get("authorization"))
         if rejection is None and scope.get("method") in ("POST", "PUT", "PATCH"):
             declared = headers.get("content-length", "")
             rejection = guard.check_size(int(declared)) if declared.isdigit() else None
@@ -150,6 +157,20 @@ class LlmctlIngress(OpenAiIngress):
             return JSONResponse({"status": "unhealthy", "error": str(exc)[:500]}, status_code=503)
         return JSONResponse({"status": "ok", "models": sorted(self._model_cards)})
 
+    async def chat_page(self, request: Request) -> HTMLResponse:
+        return HTMLResponse(chat_page.render(request.scope.get("root_path", "")))
+
+
+def _get_all(app: FastAPI, paths: tuple[str, ...]) -> Callable:
+    """One handler on several GET paths (FastAPI's route decorators return the function unchanged, so they stack)."""
+
+    def decorate(handler: Callable) -> Callable:
+        for path in paths:
+            handler = app.get(path, include_in_schema=False)(handler)
+        return handler
+
+    return decorate
+
 
 ENDPOINTS: dict[str, Callable[[FastAPI], Callable]] = {
     "models": lambda app: app.get("/v1/models"),
@@ -157,6 +178,7 @@ ENDPOINTS: dict[str, Callable[[FastAPI], Callable]] = {
     "completions": lambda app: app.post("/v1/completions"),
     "chat": lambda app: app.post("/v1/chat/completions"),
     "health": lambda app: app.get("/health"),
+    "chat_page": lambda app: _get_all(app, chat_page.PATHS),
 }
 
 

@@ -28,6 +28,7 @@ class PageResult:
 
 
 def open_page(path: str, expression: str, width: int = 1200, timeout: float = 60.0) -> PageResult:
+    """Load `path` (a file, or an http:// URL), evaluate `expression` (awaited if it is a promise), screenshot."""
     profile = tempfile.mkdtemp(prefix="llmctl-chromium-")
     proc = subprocess.Popen([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0",
                              f"--window-size={width},900", "about:blank"],
@@ -88,7 +89,8 @@ async def _drive(port: int, path: str, expression: str, width: int) -> PageResul
             s = _Session(ws)
             for domain in ("Page", "Runtime", "Log", "Network"):
                 await s.call(f"{domain}.enable")
-            await s.call("Page.navigate", url="file://" + os.path.abspath(path))
+            url = path if "://" in path else "file://" + os.path.abspath(path)  # a local file or a served page
+            await s.call("Page.navigate", url=url)
             await s.until("Page.loadEventFired")
             evaluated = await s.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
             height = (await s.call("Runtime.evaluate", expression="document.documentElement.scrollHeight",
