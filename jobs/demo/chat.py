@@ -5,7 +5,8 @@
 writes `sft.jsonl` (conversations in the three common layouts mixed: minimind's `conversations` with role/content,
 ShareGPT's from/value, OpenAI's `messages`; plus Alpaca instruction/input/output rows), `preference.jsonl`
 (prompt/chosen/rejected strings mixed with minimind dpo.jsonl's chosen/rejected conversations) and
-`manifest.json` (what was written, with the planted bad rows by the drop reason the stages give them).
+`mc.jsonl` (multiple-choice questions on the same facts, for the eval stage) and `manifest.json` (what was
+written, with the planted bad rows by the drop reason the stages give them).
 
 The tasks are ones a tiny model learns in tens of steps: greeting someone by name, opposites from a fixed table,
 counting, repeating three words, and where a person lives (a fixed, seeded table). Words come from the demo
@@ -194,11 +195,50 @@ def preference_lines(n: int, seed: int) -> tuple[list[str], Counter]:
     return lines, layouts
 
 
+# --- multiple-choice questions --------------------------------------------------------------------------------
+
+MC_CHOICES = 4
+MC_PEOPLE = 12
+
+Fact = tuple[str, str, list[str]]  # (question, right answer, wrong answers), answers worded as in the SFT data
+
+
+def opposite_facts(rng: random.Random) -> list[Fact]:
+    facts = []
+    for word, opp in OPPOSITES.items():
+        others = rng.sample([o for o in OPPOSITES.values() if o != opp], MC_CHOICES - 1)
+        facts.append((f"What is the opposite of {word}?", f"The opposite of {word} is {opp}.",
+                      [f"The opposite of {word} is {o}." for o in others]))  # fmt: skip
+    return facts
+
+
+def home_facts(rng: random.Random, table: dict[str, str]) -> list[Fact]:
+    facts = []
+    for name in sorted(table)[:MC_PEOPLE]:
+        others = rng.sample([p for p in PLACES if p != table[name]], MC_CHOICES - 1)
+        facts.append((f"Where does {name} live?", f"{name} lives in {table[name]}.",
+                      [f"{name} lives in {p}." for p in others]))  # fmt: skip
+    return facts
+
+
+def multiple_choice_rows(seed: int) -> list[dict[str, Any]]:
+    """C-Eval/MMLU-shaped questions on facts the chat data teaches (every opposite, where a dozen people live).
+    The right answer's position cycles through A-D, so a model that ignores the question scores chance."""
+    rng = random.Random(seed + 3)  # its own stream: the SFT and preference rows stay as they were
+    rows = []
+    for i, (question, right, wrong) in enumerate(opposite_facts(rng) + home_facts(rng, homes(seed))):
+        position = i % MC_CHOICES
+        choices = [*wrong[:position], right, *wrong[position:]]
+        rows.append({"question": question, "choices": choices, "answer": "ABCD"[position]})
+    return rows
+
+
 def write_demo_chat(out_dir: str, n_sft: int = 2000, n_pairs: int = 1200, seed: int = 0) -> dict[str, Any]:
     os.makedirs(out_dir, exist_ok=True)
     sft, sft_layouts = sft_lines(n_sft, seed)
     prefs, pref_layouts = preference_lines(n_pairs, seed)
-    for name, lines in (("sft.jsonl", sft), ("preference.jsonl", prefs)):
+    mc = [json.dumps(row) for row in multiple_choice_rows(seed)]
+    for name, lines in (("sft.jsonl", sft), ("preference.jsonl", prefs), ("mc.jsonl", mc)):
         with open(os.path.join(out_dir, name), "w", encoding="utf-8") as f:
             f.write("\n".join(lines) + "\n")
     manifest = {
@@ -206,6 +246,7 @@ def write_demo_chat(out_dir: str, n_sft: int = 2000, n_pairs: int = 1200, seed: 
         "sft": {"rows": len(sft), "good": n_sft, "layouts": dict(sft_layouts), "planted": PLANTED_SFT},
         "preference": {"rows": len(prefs), "good": n_pairs, "layouts": dict(pref_layouts), "planted": PLANTED_PAIRS},
         "homes": homes(seed),
+        "multiple_choice": {"rows": len(mc), "choices": MC_CHOICES},
     }
     with open(os.path.join(out_dir, "manifest.json"), "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=2, sort_keys=True)

@@ -14,6 +14,7 @@ from pydantic import Field, field_validator, model_validator
 
 from pipelines.spec.base import Model, Scaling, StageBase
 from pipelines.spec.data import DataStage
+from pipelines.spec.eval import EvalStage
 from pipelines.spec.post import DPOStage, RewardModelStage, SFTStage
 from pipelines.spec.rlhf import GRPOStage, PPOStage
 from pipelines.spec.serve import ServeStage
@@ -22,7 +23,7 @@ from pipelines.spec.train import PretrainStage, TokenizerStage
 Stage = Annotated[
     Union[  # noqa: UP007 (pydantic reads this better)
         DataStage, TokenizerStage, PretrainStage, SFTStage, RewardModelStage, DPOStage, GRPOStage, PPOStage,
-        ServeStage,
+        ServeStage, EvalStage,
     ],
     Field(discriminator="kind"),
 ]
@@ -69,6 +70,14 @@ class Pipeline(Model):
                     f"language model; name a {', '.join(kinds[:-1])} or {kinds[-1]} stage, or a Hugging Face model "
                     f"directory"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _stage_rules(self) -> Pipeline:
+        """Rules a stage checks against the other stages through its `check_pipeline(name, stages)`."""
+        for name, stage in self.stages.items():
+            if hasattr(stage, "check_pipeline"):
+                stage.check_pipeline(name, self.stages)
         return self
 
 
