@@ -64,17 +64,19 @@ def test_example_pipeline_runs_end_to_end_then_resubmit_skips_every_stage(ray_he
                            ("schedule.checkpoint_every", 2)):  # fmt: skip
             small += ["--set", f"{stage}.{key}={value}"]
     small += ["--set", "align.steps=2", "--set", "align.checkpoint_every=2", "--set", "align.prompts_per_step=2",
-              "--set", "align.micro_batch_size=8", "--set", "align.rollout.max_new_tokens=8"]  # fmt: skip
+              "--set", "align.micro_batch_size=8", "--set", "align.rollout.max_new_tokens=8",
+              "--set", "eval.held_out_fraction=null", "--set", "eval.text_rows=20"]  # fmt: skip
     try:
         first = submit(example, ray_head.dashboard_url, *small)
         assert first.exit_code == 0, first.output
         done = markers(root / "runs")
-        assert set(done) == {"curate", "tokenizer", "pretrain", "sft", "dpo", "align", "serve"}
+        assert set(done) == {"curate", "tokenizer", "pretrain", "sft", "dpo", "align", "serve", "eval"}
         rows = done["curate"]["metrics"]["rows"]
         assert rows["in"] == manifest["expected"]["rows_in"], "every input line is counted"
         assert rows["out"] == manifest["expected"]["kept"]
         assert done["pretrain"]["metrics"]["step"] == 6
         assert done["sft"]["metrics"]["step"] == done["dpo"]["metrics"]["step"] == 2
+        assert list(done["eval"]["metrics"]["models"]) == ["pretrain", "sft", "dpo", "align"]
         model_dir = os.path.join(os.path.dirname(storage.list_files(str(root / "runs" / "tiny" / "pretrain"),
                                                                     "config.json")[0]))  # fmt: skip
         assert os.path.exists(os.path.join(model_dir, "model.safetensors"))
@@ -86,7 +88,7 @@ def test_example_pipeline_runs_end_to_end_then_resubmit_skips_every_stage(ray_he
         second = submit(example, ray_head.dashboard_url, *small)
         elapsed = time.monotonic() - started
         assert second.exit_code == 0, second.output
-        for stage in ("curate", "tokenizer", "pretrain", "sft", "dpo", "align"):
+        for stage in ("curate", "tokenizer", "pretrain", "sft", "dpo", "align", "eval"):
             assert f"[{stage}] cached" in second.output
         again = markers(root / "runs")
         assert {k: v for k, v in again.items() if k != "serve"} == {k: v for k, v in done.items() if k != "serve"}
