@@ -7,6 +7,7 @@ line number and the fix instead of a wrong score.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import string
@@ -148,13 +149,16 @@ def _parquet_column(uri: str, column: str, where: str) -> Iterator[Any]:
 
 
 def _json_lines(uri: str) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed value or None when the line is not JSON) for every non-blank line."""
-    for number, line in enumerate(storage.read_text(uri).splitlines(), start=1):
-        if line.strip():
-            try:
-                yield number, json.loads(line)
-            except json.JSONDecodeError:
-                yield number, None
+    """(line number, parsed value or None when the line is not JSON) for every non-blank line, streamed: a capped
+    read of a large file stops early."""
+    fs, path = storage.filesystem(uri)
+    with fs.open_input_stream(path) as raw, io.TextIOWrapper(raw, encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if line.strip():
+                try:
+                    yield number, json.loads(line)
+                except json.JSONDecodeError:
+                    yield number, None
 
 
 # --- multiple choice -------------------------------------------------------------------------------------------

@@ -66,6 +66,7 @@ def score(models: list[ModelRef], work: Work, settings: ScoreSettings, spec: Eva
     found: dict[str, dict[str, dict[int, dict[str, Any]]]] = defaultdict(lambda: defaultdict(dict))
     for row in scored.take_all():
         found[row["model"]][row["task"]][int(row["index"])] = json.loads(row["result"])
+    assert sum(len(items) for tasks in found.values() for items in tasks.values()) == len(rows), "an item was lost"
     return {uri: {task: [by_index[i] for i in sorted(by_index)] for task, by_index in tasks.items()}
             for uri, tasks in found.items()}  # fmt: skip
 
