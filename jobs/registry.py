@@ -18,6 +18,7 @@ RUNNERS: dict[str, str] = {
     "grpo": "jobs.rlhf.stage:run",
     "ppo": "jobs.rlhf.stage:run",
     "serve": "services.stage:run",
+    "distill": "jobs.distill.stage:run",
     "eval": "jobs.eval.stage:run",
 }
 

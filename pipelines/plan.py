@@ -150,7 +150,11 @@ def code_paths(kind: str | None) -> tuple[str, ...]:
 
 
 # Runner packages that import another runner package: its code changes their results too.
-BUILDS_ON: dict[str, tuple[str, ...]] = {"jobs/rlhf": ("jobs/train",), "jobs/eval": ("jobs/train",)}
+BUILDS_ON: dict[str, tuple[str, ...]] = {
+    "jobs/rlhf": ("jobs/train",),
+    "jobs/eval": ("jobs/train",),
+    "jobs/distill": ("jobs/train",),
+}
 
 
 def _source_files(path: str) -> list[str]:

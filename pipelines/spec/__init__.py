@@ -14,6 +14,7 @@ from pydantic import Field, field_validator, model_validator
 
 from pipelines.spec.base import Model, Scaling, StageBase
 from pipelines.spec.data import DataStage
+from pipelines.spec.distill import DistillStage
 from pipelines.spec.eval import EvalStage
 from pipelines.spec.post import DPOStage, RewardModelStage, SFTStage
 from pipelines.spec.rlhf import GRPOStage, PPOStage
@@ -23,7 +24,7 @@ from pipelines.spec.train import PretrainStage, TokenizerStage
 Stage = Annotated[
     Union[  # noqa: UP007 (pydantic reads this better)
         DataStage, TokenizerStage, PretrainStage, SFTStage, RewardModelStage, DPOStage, GRPOStage, PPOStage,
-        ServeStage, EvalStage,
+        ServeStage, EvalStage, DistillStage,
     ],
     Field(discriminator="kind"),
 ]

@@ -1,0 +1,123 @@
+"""The distill stage spec: a (usually smaller) student learns from a teacher model on the shared training core.
+
+white_box matches the teacher's token distributions (Hinton et al. 2015, "Distilling the Knowledge in a Neural
+Network": KL at temperature T, scaled by T², mixed with the hard-label loss); black_box only needs the teacher's
+text: it answers the prompts, and the student is fine-tuned on those answers (sequence-level KD, Kim & Rush 2016).
+An optional R1-style reasoning format weights the <think>/<answer> tag tokens so the student keeps the format.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from pipelines.spec.base import Model
+from pipelines.spec.post import CAUSAL_LM_KINDS, PostTrainStage
+
+TEACHER_KINDS = (*CAUSAL_LM_KINDS, "grpo", "ppo", "distill")
+R1_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
+WHITE_BOX_FIELDS = ("temperature", "alpha")
+
+
+class TeacherGeneration(Model):
+    """How the teacher answers the prompts in black_box mode (Hugging Face generate in Ray Data batches)."""
+
+    max_new_tokens: int = Field(256, ge=1, description="Longest teacher answer, in teacher tokens.")
+    temperature: float = Field(
+        0.0, ge=0, description="Sampling temperature of the teacher; 0 is greedy (one deterministic answer)."
+    )
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling: keep the smallest token set of this mass.")
+    batch_size: int = Field(16, ge=1, description="Prompts generated together by one teacher replica.")
+
+
+class ReasoningFormat(Model):
+    """R1-style answers `<think>…</think><answer>…</answer>`: the tag tokens get a larger loss weight, so a small
+    student learns to keep the format before it learns the content (minimind's distillation weights them 10×)."""
+
+    tag_weight: float = Field(
+        10.0,
+        ge=1,
+        description="Loss weight of each answer token that spells a tag; other answer tokens weigh 1. The loss is "
+        "the weighted mean over answer tokens, so a larger weight shifts emphasis onto the tags.",
+    )
+    tags: list[str] = Field(
+        default_factory=lambda: list(R1_TAGS),
+        min_length=1,
+        description="The tag strings to weight, found in the answer text wherever they occur.",
+    )
+
+
+class DistillStage(PostTrainStage):
+    """Knowledge distillation from a teacher model into the student named by `model`.
+
+    white_box: every answer token's loss mixes KL(teacher ‖ student) at temperature T (scaled by T²) with the
+    usual next-token cross-entropy; the teacher is loaded frozen on each training worker and must share the
+    student's tokenizer. black_box: the teacher first answers the data's prompts (Ray Data batch generation, kept in
+    `teacher_data/`), then the student is fine-tuned on those answers with the SFT loss; any tokenizer works.
+
+    Output: `model/` (Hugging Face causal LM with the student's tokenizer files), `tensorboard/`, `_state/`.
+    """
+
+    kind: Literal["distill"] = Field(description="Stage kind: knowledge distillation from a teacher model.")
+    reference_fields = ("model", "data", "teacher")
+    allowed_formats: ClassVar[tuple[str, ...]] = ("auto", "conversations", "alpaca")
+
+    teacher: str = Field(
+        description="The teacher: an earlier stage that exports a causal LM (pretrain, sft, dpo, grpo, ppo, distill) "
+        "or a Hugging Face causal-LM directory. white_box needs the student's tokenizer; black_box any."
+    )
+    mode: Literal["white_box", "black_box"] = Field(
+        "white_box",
+        description="white_box: match the teacher's token distributions (needs its logits, same vocabulary); "
+        "black_box: fine-tune on answers the teacher generates (needs only its text).",
+    )
+    temperature: float = Field(
+        2.0,
+        gt=0,
+        description="white_box: softmax temperature T of both models in the KL term; above 1 exposes the teacher's "
+        "ranking of unlikely tokens. The KL is multiplied by T² so its gradients keep their scale.",
+    )
+    alpha: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="white_box: weight of the distillation term; the loss is alpha · T² · KL + (1 - alpha) · "
+        "cross-entropy on the data's answers. 1 learns from the teacher alone.",
+    )
+    generation: TeacherGeneration = Field(
+        default_factory=TeacherGeneration, description="black_box: how the teacher answers the prompts."
+    )
+    reasoning: ReasoningFormat | None = Field(
+        None, description="Weight the R1 reasoning tags in the answers; null weighs every answer token alike."
+    )
+
+    @model_validator(mode="after")
+    def _mode_fields(self) -> DistillStage:
+        if self.mode == "black_box":
+            stray = [f for f in WHITE_BOX_FIELDS if f in self.model_fields_set]
+            if stray:
+                raise ValueError(
+                    f"{' and '.join(stray)} only apply to mode: white_box (black_box fine-tunes on the teacher's "
+                    f"generated text with the plain SFT loss); remove {', '.join(stray)} or set mode: white_box"
+                )
+        elif "generation" in self.model_fields_set:
+            raise ValueError(
+                "generation only applies to mode: black_box (white_box reads the teacher's logits on the data "
+                "and generates nothing); remove generation or set mode: black_box"
+            )
+        if self.teacher == self.model:
+            raise ValueError(
+                f"teacher and model are both '{self.model}': a model distilled from itself learns nothing new; "
+                "name a different (usually larger) teacher"
+            )
+        return self
+
+    def check_pipeline(self, name: str, stages: dict[str, Any]) -> None:
+        """The teacher, when it is a stage, must export a causal language model (called by the Pipeline)."""
+        if self.teacher in stages and stages[self.teacher].kind not in TEACHER_KINDS:
+            raise ValueError(
+                f"stages.{name}.teacher: '{self.teacher}' is a {stages[self.teacher].kind} stage, which exports no "
+                f"causal language model; name a {', '.join(TEACHER_KINDS[:-1])} or {TEACHER_KINDS[-1]} stage, or a "
+                "Hugging Face model directory"
+            )
