@@ -30,6 +30,16 @@ def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tens
     return (x - mean) * (var + eps).rsqrt() * mask
 
 
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """1 - Var(R - V) / Var(R) over the answer tokens: how much of the returns' spread the critic predicts (1:
+    all of it, 0: no better than a constant, negative: worse than one). The usual health metric of a critic."""
+
+    def var(x: torch.Tensor) -> torch.Tensor:
+        return masked_mean((x - masked_mean(x, mask)) ** 2, mask)
+
+    return 1 - var(returns - values) / var(returns).clamp(min=1e-8)
+
+
 def token_logps(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """(B, T-1) log-probability of each next token: logits (B, T, V) at t score ids[:, t + 1]."""
     import torch.nn.functional as F

@@ -1,7 +1,8 @@
 """The `grpo` and `ppo` stages: resolve the policy, prompts and reward, start the role worker groups, train, export.
 
 Writes `model/` (the policy as a Hugging Face causal LM with the starting model's tokenizer and chat template, so
-a serve stage serves it as it is), `metrics.jsonl` (one line per step) and `_state/` (checkpoints).
+a serve stage serves it as it is), `metrics.jsonl` (one line per step), `tensorboard/` (the same metrics as event
+files) and `_state/` (checkpoints).
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from jobs.context import StageContext
 from jobs.rlhf.prompts import PromptStream, load_prompts
 from jobs.rlhf.rewards import FunctionReward
 from jobs.rlhf.rollout import ENGINES, EngineSetup
-from jobs.rlhf.trainer import TRAINERS, Roles
+from jobs.rlhf.trainer import TENSORBOARD_DIR, TRAINERS, Roles
 from jobs.rlhf.workers import ActorLoss, ActorWorker, CriticWorker, ReferenceWorker, RewardModelWorker, RoleSetup
 from jobs.train import deepspeed_config, post
 from jobs.train.chat_data import ChatTemplate
+from jobs.train.pretrain import copy_tree
 from jobs.train.sources import TokenizerInfo, tokenizer_info
 from pipelines.errors import StageError
 from pipelines.spec.base import Scaling
@@ -58,6 +60,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         summary = trainer.fit()
         roles.actor.export(ctx.path("model"), model_uri)
         storage.write_text(ctx.path("metrics.jsonl"), trainer.history_jsonl())
+        copy_tree(ctx.path("_state", TENSORBOARD_DIR), ctx.path(TENSORBOARD_DIR))
     finally:
         roles.shutdown()
     return {

@@ -5,7 +5,8 @@
 
 `GRPOTrainer` and `PPOTrainer` differ only in `advantages` (and PPO's critic). Checkpoints (actor and critic
 DeepSpeed state plus the driver's position) go to `<stage>/_state/checkpoints/step_N/`, committed by
-`trainer.json` written last; a resubmitted run resumes from the latest committed one.
+`trainer.json` written last; a resubmitted run resumes from the latest committed one. Every step's metrics also go
+to TensorBoard event files under `<stage>/_state/tensorboard/` (kept across resubmissions, like the checkpoints).
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from jobs.rlhf import algorithms as alg
 from jobs.rlhf.prompts import Prompt, PromptStream
 from jobs.rlhf.rewards import FunctionReward
 from jobs.rlhf.rollout import assemble
+from jobs.train.metrics import TensorBoard
 
 STATE_FILE = "trainer.json"
+TENSORBOARD_DIR = "tensorboard"
 
 
 @dataclass
@@ -68,21 +71,25 @@ class RLHFTrainer:
         self.progress = Progress()
         self.resumed_from = 0
         self.started = time.monotonic()
+        self.tensorboard = TensorBoard(storage.join(state_uri, TENSORBOARD_DIR), enabled=True)
 
     # --- the loop ------------------------------------------------------------------------------------------
 
     def fit(self) -> dict[str, Any]:
-        self.resume()
-        stopped_by = "steps"
-        while self.progress.step < self.spec.steps:
-            if self.spec.time_budget_s is not None and self.loop_time() >= self.spec.time_budget_s:
-                stopped_by = "time_budget"
-                break
-            metrics = self.train_step()
-            self.after_step(metrics)
-        if not self.progress.history or self.progress.step % self.spec.checkpoint_every:
-            self.checkpoint()
-        return self.summary(stopped_by)
+        try:
+            self.resume()
+            stopped_by = "steps"
+            while self.progress.step < self.spec.steps:
+                if self.spec.time_budget_s is not None and self.loop_time() >= self.spec.time_budget_s:
+                    stopped_by = "time_budget"
+                    break
+                metrics = self.train_step()
+                self.after_step(metrics)
+            if not self.progress.history or self.progress.step % self.spec.checkpoint_every:
+                self.checkpoint()
+            return self.summary(stopped_by)
+        finally:
+            self.tensorboard.close()
 
     def train_step(self) -> dict[str, Any]:
         start = time.perf_counter()
@@ -171,9 +178,10 @@ class RLHFTrainer:
         self.progress.prompt_position = self.stream.position
         metrics = {"step": self.progress.step, **{k: round(float(v), 6) for k, v in metrics.items()}}
         self.progress.history.append(metrics)
+        self.tensorboard.log(self.progress.step, metrics)
         if self.progress.step % self.spec.log_every == 0:
             shown = ("reward_mean", "reward_std", "kl", "rollout_kl", "entropy", "clipfrac", "value_loss",
-                     "response_len", "samples_per_s", "sync_s")  # fmt: skip
+                     "explained_var", "response_len", "samples_per_s", "sync_s")  # fmt: skip
             fields = " ".join(f"{k}={metrics[k]:.4g}" for k in shown if k in metrics)
             self.log(f"progress step={self.progress.step} {fields}")
         if self.progress.step % self.spec.checkpoint_every == 0:
@@ -187,6 +195,7 @@ class RLHFTrainer:
         for call in pending:
             call.get()
         self.progress.loop_time_s = self.loop_time()
+        self.tensorboard.sync()
         storage.write_json(storage.join(uri, STATE_FILE), self.progress.__dict__)
         for old in self.checkpoints()[: -self.spec.keep_checkpoints]:
             storage.delete_dir(old)
@@ -263,6 +272,15 @@ class PPOTrainer(RLHFTrainer):
         advantages, returns = alg.gae(rewards, t["values"], t["mask"], spec.gamma, spec.lam)
         t["advantages"] = alg.whiten(advantages, t["mask"]) if spec.whiten_advantages else advantages
         t["returns"] = returns
+
+    def rollout_metrics(self, rollout: Rollout) -> dict[str, Any]:
+        """Adds the critic's health before its update: how well its values predicted this batch's returns."""
+        t = rollout.tensors
+        critic = {
+            "explained_var": float(alg.explained_variance(t["values"], t["returns"], t["mask"])),
+            "value_mean": float(alg.masked_mean(t["values"], t["mask"])),
+        }
+        return {**super().rollout_metrics(rollout), **critic}
 
 
 TRAINERS = {"grpo": GRPOTrainer, "ppo": PPOTrainer}

@@ -121,3 +121,14 @@ def test_split_and_concat_round_trip():
     assert torch.equal(back["x"], batch["x"]) and back["t"] == batch["t"]
     ragged = concat([{"v": torch.ones(1, 2)}, {"v": torch.ones(1, 3)}])["v"]  # right-padded to the widest
     assert ragged.tolist() == [[1, 1, 0], [1, 1, 1]]
+
+
+def test_explained_variance():
+    returns = torch.tensor([[9.0, 1.0, 2.0, 3.0]])  # position 0 is prompt: masked out
+    mask = torch.tensor([[0.0, 1.0, 1.0, 1.0]])
+    assert alg.explained_variance(returns, returns, mask).item() == pytest.approx(1.0)  # a perfect critic
+    assert alg.explained_variance(torch.full_like(returns, 5.0), returns, mask).item() == pytest.approx(0.0)
+    # returns 1, 2, 3 have variance 2/3; values 2, 2, 3 leave errors -1, 0, 0 (mean -1/3, variance 2/9):
+    # 1 - (2/9) / (2/3) = 2/3
+    values = torch.tensor([[0.0, 2.0, 2.0, 3.0]])
+    assert alg.explained_variance(values, returns, mask).item() == pytest.approx(2 / 3)

@@ -1,5 +1,6 @@
 """grpo and ppo end to end on the session Ray cluster, from a random tiny chat Llama: a rule reward rises by more
-than two standard deviations, the policy is exported as a Hugging Face model, and a resubmit resumes."""
+than two standard deviations, the metrics reach TensorBoard, the policy is exported as a Hugging Face model, a
+resubmit resumes (grpo) and the critic learns the returns (ppo)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import pytest
 
 from jobs.context import StageContext
 from jobs.rlhf import stage
-from pipelines.spec.rlhf import GRPOStage
+from pipelines.spec.rlhf import GRPOStage, PPOStage
+from tests.jobs.train.test_pretrain import read_scalars
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
@@ -40,9 +42,23 @@ def assert_reward_rises(rows: list[dict], label: str) -> None:
     assert last - first["reward_mean"] > 2 * first["reward_std"]
 
 
-def test_grpo_raises_a_rule_reward_exports_and_resumes(ray_session, chat_dir, base_model_dir, tmp_path):
+def assert_tensorboard(out: str, rows: list[dict]) -> None:
+    """The stage's tensorboard/ holds every step's reward_mean, equal to metrics.jsonl."""
+    scalars = read_scalars(os.path.join(out, "tensorboard"))
+    assert scalars["reward_mean"] == pytest.approx({r["step"]: r["reward_mean"] for r in rows}, abs=1e-6)
+
+
+def assert_exported(out: str) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    model_dir = os.path.join(out, "model")
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    assert model.config.architectures == ["LlamaForCausalLM"] and tokenizer.chat_template
+    assert tokenizer.convert_tokens_to_ids("<|im_end|>") in model.generation_config.eos_token_id
+
+
+def test_grpo_raises_a_rule_reward_exports_and_resumes(ray_session, chat_dir, base_model_dir, tmp_path):
     def spec(steps: int) -> GRPOStage:
         return GRPOStage(
             kind="grpo", model=base_model_dir, prompts=f"{chat_dir}/sft.jsonl", steps=steps, num_samples=4,
@@ -57,12 +73,8 @@ def test_grpo_raises_a_rule_reward_exports_and_resumes(ray_session, chat_dir, ba
     rows = history(out)
     assert len(rows) == 40 and {"kl", "entropy", "clipfrac", "sync_s", "samples_per_s"} <= set(rows[-1])
     assert_reward_rises(rows, "grpo")
-
-    model_dir = os.path.join(out, "model")
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    assert model.config.architectures == ["LlamaForCausalLM"] and tokenizer.chat_template
-    assert tokenizer.convert_tokens_to_ids("<|im_end|>") in model.generation_config.eos_token_id
+    assert_tensorboard(out, rows)
+    assert_exported(out)
 
     # Resubmitted with more steps: continues from the step-40 checkpoint.
     for name in os.listdir(out):
@@ -71,3 +83,31 @@ def test_grpo_raises_a_rule_reward_exports_and_resumes(ray_session, chat_dir, ba
     again = stage.run(context("grpo", spec(42), out))
     assert (again["step"], again["resumed_from_step"], again["steps_run"]) == (42, 40, 2)
     assert len(history(out)) == 42
+    assert sorted(read_scalars(os.path.join(out, "tensorboard"))["reward_mean"]) == list(range(1, 43))
+
+
+def test_ppo_raises_a_rule_reward_and_trains_its_critic(ray_session, chat_dir, base_model_dir, tmp_path):
+    # One answer per prompt, two PPO epochs per batch; a small KL coefficient so the penalty, which grows as the
+    # policy leaves its random start, does not hold the reward back within 32 steps.
+    spec = PPOStage(
+        kind="ppo", model=base_model_dir, prompts=f"{chat_dir}/sft.jsonl", steps=32, epochs=2, kl={"coef": 0.01},
+        checkpoint_every=32, optim={"lr": 5e-3, "min_lr": 5e-3, "warmup_steps": 0},
+        critic_optim={"lr": 5e-3, "min_lr": 5e-3, "warmup_steps": 0}, critic={"cpus_per_worker": 0.5},
+        **{**COMMON, "prompts_per_step": 16},
+    )  # fmt: skip
+    out = str(tmp_path / "ppo")
+    metrics = stage.run(context("ppo", spec, out))
+    json.dumps(metrics)
+    assert (metrics["step"], metrics["rollout_backend"]) == (32, "generate")
+    rows = history(out)
+    assert len(rows) == 32 and {"value_loss", "explained_var", "rollout_kl", "clipfrac", "entropy"} <= set(rows[-1])
+    assert_reward_rises(rows, "ppo")
+
+    # The critic (value head zero-initialised) learns the returns as they rise with the reward: its value loss
+    # falls tenfold and its mean value follows the mean reward (gamma 1, so a value estimates the final score).
+    assert rows[0]["value_mean"] == 0.0
+    assert statistics.fmean(r["value_loss"] for r in rows[-3:]) < rows[0]["value_loss"] / 10
+    assert abs(statistics.fmean(r["value_mean"] - r["reward_mean"] for r in rows[-5:])) < 0.15
+    assert os.path.isdir(os.path.join(out, "_state", "checkpoints", "step_00000032", "critic"))
+    assert_tensorboard(out, rows)
+    assert_exported(out)
