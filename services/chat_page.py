@@ -51,7 +51,7 @@ _PAGE = """<!doctype html>
 <header>
   <h1>llmctl chat</h1>
   <label>Model <select id="model"><option value="">(loading)</option></select></label>
-  <label>API key <input id="key" type="password" autocomplete="off" placeholder="only if the endpoint has keys">
+  <label>API key <input id="key" type="password" autocomplete="off" placeholder="if the endpoint has keys">
   </label>
 </header>
 <div id="error" role="alert"></div>
@@ -177,9 +177,13 @@ async function send(event) {
   try {
     turns.push({role: "assistant", content: await stream(out)});
   } catch (e) {
-    turns.pop();  // the question gets no answer: leave it out of the next request
-    if (e.name !== "AbortError") showError(e.message);
-    if (!out.textContent) out.remove();
+    if (e.name === "AbortError" && out.textContent) {
+      turns.push({role: "assistant", content: out.textContent});  // stopped: the partial answer stays in the chat
+    } else {
+      turns.pop();  // no answer: leave the question out of the next request
+      if (e.name !== "AbortError") showError(e.message);
+      if (!out.textContent) out.remove();
+    }
   } finally {
     out.classList.remove("streaming");
     controller = null;
