@@ -37,7 +37,9 @@ test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
 bench: install demo-data
-	@for b in foundation dedup pii pretrain serve; do echo "== bench/$$b.py"; $(PY) -m bench.$$b || exit 1; done
+	$(PY) -m pip install -q -e ".[cpu,dev,bench]"
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	@for b in foundation dedup pii pretrain serve rlhf; do echo "== bench/$$b.py"; $(PY) -m bench.$$b || exit 1; done
 
 lint: install
 	$(VENV)/bin/ruff check .

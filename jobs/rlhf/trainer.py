@@ -97,11 +97,13 @@ class RLHFTrainer:
         generated = time.perf_counter()
         self.score(rollout)
         self.advantages(rollout)
+        scored = time.perf_counter()
         metrics = self.update(rollout)
         updated = time.perf_counter()
         metrics["sync_s"] = self.sync_weights()
         elapsed = time.perf_counter() - start
-        timings = {"generate_s": generated - start, "update_s": updated - generated, "step_s": elapsed}
+        timings = {"generate_s": generated - start, "score_s": scored - generated, "update_s": updated - scored,
+                   "step_s": elapsed}  # fmt: skip
         return {**self.rollout_metrics(rollout), **metrics, **timings, "samples_per_s": len(rollout.prompts) / elapsed}
 
     # --- the phases ----------------------------------------------------------------------------------------
