@@ -17,6 +17,7 @@ def usage(endpoint: str, model: str, dashboard_url: str | None = None, api_key_e
     """Endpoint, dashboard and a copy-paste curl for a freshly deployed app."""
     auth = f' \\\n  -H "Authorization: Bearer ${api_key_env}"' if api_key_env else ""
     lines = [f"Endpoint:  {endpoint}  (OpenAI-compatible; model id '{model}')"]
+    lines.append(f"Chat page: {endpoint.rstrip('/').removesuffix('/v1')}/  (in a browser)")
     if dashboard_url:
         lines.append(f"Dashboard: {dashboard_url.rstrip('/')}/#/serve")
     lines += [

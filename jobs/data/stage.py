@@ -25,6 +25,7 @@ REJECT_COLUMNS = ["id", "source", "text", "reason", "dup_of"]
 
 def run(ctx: StageContext) -> dict[str, Any]:
     spec = ctx.spec
+    use_shuffle(spec.shuffle)
     ds = read_inputs(ctx)
     ds = ds.map_batches(normalize, batch_format="pyarrow")
     ds = apply_quality_filters(ds, spec).materialize()  # dedup starts from these blocks; no extra pass
@@ -37,6 +38,14 @@ def run(ctx: StageContext) -> dict[str, Any]:
     storage.write_text(ctx.path("report.md"), render_report(ctx.name, stats))
     ctx.log(f"rows in {rows['in']} -> out {rows['out']}")
     return {"rows": rows, "pii": pii_counts, "near_dup_clusters": dedup_stats.get("near", {}).get("clusters")}
+
+
+def use_shuffle(kind: str) -> None:
+    """Every groupby of this stage shuffles with `kind`; datasets capture the context when they are created."""
+    from ray.data.context import DataContext, ShuffleStrategy
+
+    strategy = {"sort": ShuffleStrategy.SORT_SHUFFLE_PULL_BASED, "hash": ShuffleStrategy.HASH_SHUFFLE}[kind]
+    DataContext.get_current().shuffle_strategy = strategy
 
 
 def input_files(ctx: StageContext) -> list[tuple[str, str]]:

@@ -49,7 +49,8 @@ def model_uri(ctx: StageContext, ref: str) -> str:
     if not storage.exists(storage.join(uri, "config.json")):
         raise StageError(
             f"stages.{ctx.name}.model: '{uri}' is not a Hugging Face model directory (no config.json). Name an "
-            "earlier pretrain, sft or dpo stage, or a directory with config.json, weights and tokenizer files."
+            "earlier pretrain, sft, dpo, grpo, ppo or distill stage, or a directory with config.json, weights and "
+            "tokenizer files."
         )
     return uri
 

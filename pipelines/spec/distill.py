@@ -15,7 +15,6 @@ from pydantic import Field, model_validator
 from pipelines.spec.base import Model
 from pipelines.spec.post import CAUSAL_LM_KINDS, PostTrainStage
 
-TEACHER_KINDS = (*CAUSAL_LM_KINDS, "grpo", "ppo", "distill")
 R1_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 WHITE_BOX_FIELDS = ("temperature", "alpha")
 
@@ -115,9 +114,9 @@ class DistillStage(PostTrainStage):
 
     def check_pipeline(self, name: str, stages: dict[str, Any]) -> None:
         """The teacher, when it is a stage, must export a causal language model (called by the Pipeline)."""
-        if self.teacher in stages and stages[self.teacher].kind not in TEACHER_KINDS:
+        if self.teacher in stages and stages[self.teacher].kind not in CAUSAL_LM_KINDS:
             raise ValueError(
                 f"stages.{name}.teacher: '{self.teacher}' is a {stages[self.teacher].kind} stage, which exports no "
-                f"causal language model; name a {', '.join(TEACHER_KINDS[:-1])} or {TEACHER_KINDS[-1]} stage, or a "
+                f"causal language model; name a {', '.join(CAUSAL_LM_KINDS[:-1])} or {CAUSAL_LM_KINDS[-1]} stage, or a "
                 "Hugging Face model directory"
             )

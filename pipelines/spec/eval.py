@@ -13,9 +13,6 @@ from pydantic import Field, model_validator
 from pipelines.spec.base import StageBase
 from pipelines.spec.post import CAUSAL_LM_KINDS
 
-# Stage kinds whose `model/` output is a causal language model an eval stage can score.
-EVAL_MODEL_KINDS = (*CAUSAL_LM_KINDS, "grpo", "ppo", "distill")
-
 
 class EvalStage(StageBase):
     """Score every model named in `models` on the same inputs and compare them in one table.
@@ -29,7 +26,7 @@ class EvalStage(StageBase):
     """
 
     reference_fields = ("models", "text", "multiple_choice")
-    model_kinds: ClassVar[tuple[str, ...]] = EVAL_MODEL_KINDS
+    model_kinds: ClassVar[tuple[str, ...]] = CAUSAL_LM_KINDS
 
     kind: Literal["eval"] = Field(description="Stage kind: evaluate and compare models.")
     models: list[str] = Field(

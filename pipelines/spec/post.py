@@ -20,8 +20,9 @@ from pipelines.spec.train import (
     _check_warmup,
 )
 
-# Stage kinds whose `model/` output is a causal language model a post-training stage can start from.
-CAUSAL_LM_KINDS = ("pretrain", "sft", "dpo")
+# Stage kinds whose `model/` output is a causal language model: what post-training, RLHF, distillation and
+# evaluation can start from or score.
+CAUSAL_LM_KINDS = ("pretrain", "sft", "dpo", "grpo", "ppo", "distill")
 LINEAR_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 DataFormat = Literal["auto", "conversations", "alpaca", "preference"]
@@ -50,8 +51,8 @@ class PostTrainStage(StageBase):
     allowed_formats: ClassVar[tuple[str, ...]] = ("auto", "conversations", "alpaca", "preference")
 
     model: str = Field(
-        description="The stage whose exported model to start from (a pretrain, sft or dpo stage), or a Hugging "
-        "Face causal-LM directory (local or s3://) with its tokenizer files and chat template."
+        description="The stage whose exported model to start from (a pretrain, sft, dpo, grpo, ppo or distill "
+        "stage), or a Hugging Face causal-LM directory (local or s3://) with its tokenizer files and chat template."
     )
     data: str = Field(
         description="Training records: a .jsonl/.json/.parquet file, a glob, a directory (local or s3://), or an "

@@ -76,11 +76,11 @@ class RLHFStage(StageBase):
     """Fields shared by grpo and ppo."""
 
     reference_fields = ("model", "prompts", "reward_model")
-    model_kinds: ClassVar[tuple[str, ...]] = (*CAUSAL_LM_KINDS, "grpo", "ppo")
+    model_kinds: ClassVar[tuple[str, ...]] = CAUSAL_LM_KINDS
 
     model: str = Field(
-        description="The policy to start from: a pretrain, sft, dpo, grpo or ppo stage, or a Hugging Face causal-LM "
-        "directory with its tokenizer files and chat template. The reference is a frozen copy of it."
+        description="The policy to start from: a pretrain, sft, dpo, grpo, ppo or distill stage, or a Hugging Face "
+        "causal-LM directory with its tokenizer files and chat template. The reference is a frozen copy of it."
     )
     prompts: str = Field(
         description="Prompt records: a .jsonl/.json/.parquet file, glob or directory (local or s3://). Any chat "

@@ -113,9 +113,10 @@ def test_summarize_serve_details():
         lifecycle.summarize(DETAILS, "nope")
 
 
-def test_usage_hint_has_endpoint_dashboard_and_curl():
+def test_usage_hint_has_endpoint_chat_page_dashboard_and_curl():
     text = usage("http://h:8000/v1", "chat", "http://h:8265", api_key_env="LLMCTL_API_KEY")
     assert "Endpoint:  http://h:8000/v1" in text and "Dashboard: http://h:8265/#/serve" in text
+    assert "Chat page: http://h:8000/  (in a browser)" in text
     assert "curl http://h:8000/v1/chat/completions" in text and 'Bearer $LLMCTL_API_KEY"' in text
     assert "Authorization" not in usage("http://h:8000/v1", "chat")
 

@@ -74,9 +74,18 @@ def test_model_must_name_a_stage_that_exports_a_causal_lm():
     )
     assert set(load.validate(ok).stages) >= {"sft", "rm", "dpo"}
     bad = pipeline(sft={"kind": "sft", "model": "tok", "data": "./chat.jsonl"})
-    with pytest.raises(SpecError, match="stages.sft.model: 'tok' is a tokenizer stage, which exports no causal "
-                                        "language model; name a pretrain, sft or dpo stage"):  # fmt: skip
+    expected = "stages.sft.model: 'tok' is a tokenizer stage, which exports no causal language model; name a " \
+        "pretrain, sft, dpo, grpo, ppo or distill stage"
+    with pytest.raises(SpecError, match=expected):
         load.validate(bad)
+    # A policy after RLHF or a distilled student is a causal LM too: post-training goes on from it.
+    after_rl = pipeline(
+        align={"kind": "grpo", "model": "pretrain", "prompts": "./p.jsonl", "reward_function": "rewards:exact"},
+        student={"kind": "distill", "model": "pretrain", "teacher": "align", "data": "./chat.jsonl"},
+        sft={"kind": "sft", "model": "align", "data": "./chat.jsonl"},
+        dpo={"kind": "dpo", "model": "student", "data": "./pairs.jsonl"},
+    )
+    assert load.validate(after_rl).stages["sft"].model == "align"
     rm_as_policy = pipeline(
         rm={"kind": "reward_model", "model": "pretrain", "data": "./p.jsonl"},
         dpo={"kind": "dpo", "model": "rm", "data": "./p.jsonl"},
