@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
+import time
+import urllib.error
+import urllib.request
 from typing import Any
 
 from cluster import storage
@@ -54,6 +58,60 @@ def job_runtime_env() -> dict[str, Any]:
     return json.loads(json.dumps(dict(ray.get_runtime_context().runtime_env or {}), default=str))
 
 
+PROBE_PROMPT = "Tell me about Ray in one sentence."
+PROBE_MAX_TOKENS = 16
+
+
+def measure_latency(ctx: StageContext, record: AppRecord, endpoint: str) -> dict[str, Any]:
+    """`probe_requests` sequential streamed requests: what the first user of a fresh endpoint sees."""
+    n = record.stage.probe_requests
+    if n == 0:
+        return {}
+    if record.key_digests:
+        ctx.log("latency not measured: the app requires an API key and the job holds only key digests")
+        return {"probe": "skipped (API keys)"}
+    samples = [probe_once(ctx.name, endpoint, record.name) for _ in range(n)]
+    ttft, total = [s[0] for s in samples], [s[1] for s in samples]
+    tokens = sum(s[2] for s in samples)
+    decode_s = sum(s[1] - s[0] for s in samples)
+    out = {
+        "probe_requests": n,
+        "ttft_s_p50": statistics.median(ttft),
+        "latency_s_p50": statistics.median(total),
+        "latency_s_max": max(total),
+        "decode_tokens_per_s": (tokens - n) / decode_s if decode_s > 0 and tokens > n else None,
+    }
+    ctx.log(f"latency over {n} streamed requests: time to first token p50 {out['ttft_s_p50']:.3f}s, "
+            f"whole answer p50 {out['latency_s_p50']:.3f}s")
+    return out
+
+
+def probe_once(stage: str, endpoint: str, model: str) -> tuple[float, float, int]:
+    """(seconds to the first content chunk, seconds to the end, completion tokens) of one streamed chat request."""
+    body = {"model": model, "messages": [{"role": "user", "content": PROBE_PROMPT}], "max_tokens": PROBE_MAX_TOKENS,
+            "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip
+    request = urllib.request.Request(f"{endpoint}/chat/completions", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+    start, first, tokens = time.perf_counter(), None, 0
+    try:
+        with urllib.request.urlopen(request, timeout=300) as resp:
+            for raw in resp:
+                line = raw.decode().strip()
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[len("data: "):])
+                if chunk.get("usage"):
+                    tokens = chunk["usage"].get("completion_tokens") or tokens
+                if first is None and any(c.get("delta", {}).get("content") for c in chunk.get("choices") or []):
+                    first = time.perf_counter()
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        detail = exc.read().decode(errors="replace")[:300] if isinstance(exc, urllib.error.HTTPError) else exc
+        raise StageError(f"stages.{stage}: the deployed app did not answer a test request at {endpoint}: "
+                         f"{detail}. Set stages.{stage}.probe_requests: 0 to deploy without the check.") from None
+    end = time.perf_counter()
+    return (first or end) - start, end - start, tokens
+
+
 def resolve(ctx: StageContext) -> AppRecord:
     spec: ServeStage = ctx.spec
     source = model_source(ctx)
@@ -73,7 +131,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
     ctx.log(f"deploying Serve app '{record.name}' from {record.model_source} on {device}")
     summary = lifecycle.deploy(record, log=ctx.log)
     ctx.progress(app=record.name, replicas=summary["replicas"], endpoint=summary["endpoint"])
+    latency = measure_latency(ctx, record, summary["endpoint"])
     return {
+        **latency,
         "app": record.name,
         "model": record.name,
         "endpoint": summary["endpoint"],

@@ -81,8 +81,18 @@ def test_example_pipeline_runs_end_to_end_then_resubmit_skips_every_stage(ray_he
                                                                     "config.json")[0]))  # fmt: skip
         assert os.path.exists(os.path.join(model_dir, "model.safetensors"))
         endpoint = done["serve"]["metrics"]["endpoint"]
+        serving = done["serve"]["metrics"]
+        assert serving["probe_requests"] == 3 and 0 < serving["ttft_s_p50"] <= serving["latency_s_p50"]
         assert f"Endpoint:  {endpoint}" in first.output and "curl " in first.output
         assert ask(endpoint, "tiny", "What is Ray?", max_tokens=8).strip()
+        # The report of the real run: every stage has its section, every training stage its curves.
+        report = CliRunner().invoke(main, ["report", "tiny", "--storage", str(root / "runs")])
+        assert report.exit_code == 0, report.output
+        html = open(report.output.split("report: ", 1)[1].splitlines()[0]).read()
+        for section in ("data-curate", "train-pretrain", "train-sft", "train-dpo", "train-align", "eval-eval",
+                        "serve-serve"):  # fmt: skip
+            assert f'<h2 id="{section}"' in html, section
+        assert html.count('id="chart-curves"') == 4 and 'id="chart-funnel"' in html and "ttft_s_p50" in html
 
         started = time.monotonic()
         second = submit(example, ray_head.dashboard_url, *small)

@@ -236,6 +236,14 @@ class ServeStage(StageBase):
     deploy_timeout_s: float = Field(
         1800.0, gt=0, description="How long the stage waits for the application to become healthy."
     )
+    probe_requests: int = Field(
+        3,
+        ge=0,
+        le=100,
+        description="Streamed chat completions the stage sends one after another once the app is healthy; their "
+        "time to first token, latency and decode speed go into the stage metrics and `llmctl report`. 0 sends "
+        "none. Skipped when the app requires an API key (the job holds only key digests).",
+    )
 
     @model_validator(mode="before")
     @classmethod

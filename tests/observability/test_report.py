@@ -176,3 +176,17 @@ def test_report_of_a_run_with_no_finished_stage_says_what_to_do(tmp_path):
     assert (f"error: run {plan.run_id} has no finished stage yet: none of its stages (curate) has a _SUCCESS marker "
             f"under {tmp_path}/runs/fresh. Wait for its job to finish a stage (`llmctl status {plan.run_id}`)"
             in result.output.replace("\n", " "))  # fmt: skip
+
+
+def test_eval_section_lists_models_in_spec_order_and_only_the_columns_that_were_measured():
+    from cli.report.page import _evaluation
+    from cli.report.records import StageRecord
+    from pipelines.plan import PlannedStage
+
+    stage = PlannedStage("eval", "eval", "/runs/p/eval/k", "k", {}, {"models": ["sft", "base"]})
+    scores = {"base": {"loss": 3.25, "mc_accuracy": 0.5}, "sft": {"loss": 2.5, "mc_accuracy": None}}
+    html = _evaluation(StageRecord(stage, {"metrics": {"models": scores, "results": "/runs/p/eval/k/results.md"}}))
+    assert "<th>perplexity</th>" not in html, "no model has a perplexity: no empty column"
+    assert html.index("<td>sft</td>") < html.index("<td>base</td>")
+    assert '<td class="num">2.5</td><td>–</td>' in html and '<td class="num">0.5</td>' in html
+    assert "/runs/p/eval/k/results.md" in html

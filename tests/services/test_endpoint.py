@@ -31,6 +31,7 @@ def test_stage_reports_the_endpoint(served_app):
     assert m["app"] == "tiny" and m["replicas"] == 1 and m["auth"] is True
     assert m["endpoint"].startswith("http://127.0.0.1:") and m["endpoint"].endswith("/v1")
     assert m["model_source"].endswith("/model")
+    assert m["probe"] == "skipped (API keys)", "the job holds no key to send, so it must not try (and fail)"
 
 
 def test_models_lists_the_app(client):

@@ -42,9 +42,9 @@ def test_autoscaling_goes_1_to_2_and_back_with_no_failed_requests(settled_app, r
     heavy = Load(settled_app.base_url, APP, settled_app.api_key, max_requests=4000, max_seconds=360)
     timeline = []
     try:
-        for clients in (1, 2, 4, 8):  # ramp until Serve adds the second replica (target: 2 ongoing per replica)
+        for clients in (4, 8):  # twice, then four times the target of 2 ongoing requests per replica
             heavy.concurrency(clients)
-            deadline = time.monotonic() + (15 if clients < 8 else 300)
+            deadline = time.monotonic() + (20 if clients < 8 else 300)
             while time.monotonic() < deadline and replica_states().get("RUNNING", 0) < 2:
                 timeline.append((clients, replica_states()))
                 time.sleep(1)
