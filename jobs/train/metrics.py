@@ -91,12 +91,17 @@ class TensorBoard:
         self.uri = uri
         self.writer = None
         self.local = None
+        self.files = 0
         if not enabled:
             return
+        self.local = tempfile.mkdtemp(prefix="llmctl-tb-") if storage.is_remote(uri) else storage.absolute(uri)
+        self.writer = self._open()
+
+    def _open(self):
         from tensorboardX import SummaryWriter
 
-        self.local = tempfile.mkdtemp(prefix="llmctl-tb-") if storage.is_remote(uri) else storage.absolute(uri)
-        self.writer = SummaryWriter(logdir=self.local)
+        self.files += 1
+        return SummaryWriter(logdir=self.local, filename_suffix=f".{os.getpid()}.{self.files}")
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         if self.writer is None:
@@ -106,16 +111,21 @@ class TensorBoard:
                 self.writer.add_scalar(key, value, global_step=step, walltime=time.time())
 
     def sync(self) -> None:
+        """Everything logged so far on disk (and uploaded). tensorboardX writes events from a background queue that
+        its flush() does not drain, so a worker killed after a flush lost the events still queued; closing is the
+        one call that drains it, so each sync ends this event file and starts the next."""
         if self.writer is None:
             return
-        self.writer.flush()
+        self.writer.close()
+        self.writer = self._open()
         if storage.is_remote(self.uri):
             storage.upload_dir(self.local, self.uri)
 
     def close(self) -> None:
         if self.writer is None:
             return
-        self.sync()
         self.writer.close()
+        self.writer = None
         if storage.is_remote(self.uri):
+            storage.upload_dir(self.local, self.uri)
             shutil.rmtree(self.local, ignore_errors=True)

@@ -118,3 +118,19 @@ def test_checkpoints_go_to_s3_through_our_filesystem(monkeypatch):
     assert args["storage_path"] == "bucket/runs/p/pretrain/key/_state"
     assert isinstance(args["storage_filesystem"], pafs.S3FileSystem)
     assert launch.storage_args("relative/_state") == {"storage_path": os.path.abspath("relative/_state")}
+
+
+def test_tensorboard_sync_puts_every_logged_step_on_disk_before_the_writer_is_closed(tmp_path):
+    """A checkpoint syncs the event files; a worker killed right after must not take queued events with it (the
+    killed worker's writer is never closed, so the files are read as they are)."""
+    from cli.report.scalars import read_scalars
+
+    uri = str(tmp_path / "tb")
+    tb = metrics.TensorBoard(uri, enabled=True)
+    for step in range(1, 4):
+        tb.log(step * 10, {"loss": 4.0 - step, "lr": 0.5})
+        tb.sync()
+        assert read_scalars(uri)["loss"] == [(s * 10, 4.0 - s) for s in range(1, step + 1)]
+    tb.log(40, {"loss": 0.5})
+    tb.close()
+    assert read_scalars(uri)["loss"][-1] == (40, 0.5) and read_scalars(uri)["lr"] == [(10, 0.5), (20, 0.5), (30, 0.5)]
