@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from cli.main import main
 from cluster import jobs, storage
 from tests.conftest import ROOT
+from tests.observability.chromium import open_page
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -88,11 +89,16 @@ def test_example_pipeline_runs_end_to_end_then_resubmit_skips_every_stage(ray_he
         # The report of the real run: every stage has its section, every training stage its curves.
         report = CliRunner().invoke(main, ["report", "tiny", "--storage", str(root / "runs")])
         assert report.exit_code == 0, report.output
-        html = open(report.output.split("report: ", 1)[1].splitlines()[0]).read()
+        report_path = report.output.split("report: ", 1)[1].splitlines()[0]
+        html = open(report_path).read()
         for section in ("data-curate", "train-pretrain", "train-sft", "train-dpo", "train-align", "eval-eval",
                         "serve-serve"):  # fmt: skip
             assert f'<h2 id="{section}"' in html, section
         assert html.count('id="chart-curves"') == 4 and 'id="chart-funnel"' in html and "ttft_s_p50" in html
+        # ... and renders in headless Chromium with every chart loaded and no console error.
+        loaded = "[...document.querySelectorAll('img.chart')].map(i => i.complete && i.naturalWidth > 0)"
+        page = open_page(report_path, loaded)
+        assert page.errors == [] and len(page.evaluated) >= 9 and all(page.evaluated), page.evaluated
 
         started = time.monotonic()
         second = submit(example, ray_head.dashboard_url, *small)
