@@ -92,3 +92,28 @@ def test_black_box_teacher_answers_become_sft_data(ray_session, teacher_dir, tmp
     assert stage.format_rate(files) == 0.0  # a random teacher does not write <think>…</think><answer>…</answer>
     generate_answers(records, teacher_dir, spec, out)  # a retried stage replaces the answers, never duplicates
     assert sum(1 for f in chat_datasets.data_files(out, "data") for line in open(f) if line.strip()) == 5
+
+
+def test_black_box_stage_fine_tunes_the_student_on_the_teachers_answers(ray_session, chat_dir, base_model_dir,
+                                                                        teacher_dir, tmp_path):  # fmt: skip
+    """The whole black-box stage: the teacher answers the chat data's prompts, the student is fine-tuned on those
+    answers (short greedy answers are easy to imitate, so its loss falls fast) and exported."""
+    from cli.report.scalars import read_scalars
+
+    spec = DistillStage(
+        kind="distill", model=base_model_dir, teacher=teacher_dir, data=f"{chat_dir}/sft.jsonl", mode="black_box",
+        generation={"max_new_tokens": 8, "batch_size": 32}, reasoning=None, val_fraction=0.1,
+        optim={"lr": 1e-2, "min_lr": 1e-3, "warmup_steps": 1},
+        schedule={"seq_len": 128, "micro_batch_size": 8, "steps": 8, "eval_every": 8, "checkpoint_every": 8,
+                  "log_every": 2, "eval_batches": 2},
+    )  # fmt: skip
+    out = tmp_path / "distill"
+    metrics = stage.run(post_context("distill", spec, str(out)))
+
+    assert (metrics["mode"], metrics["step"]) == ("black_box", 8)
+    assert metrics["teacher_answers"] == metrics["rows"]["train"] + metrics["rows"]["val"] > 300
+    assert sorted(p.name for p in (out / "teacher_data").iterdir())  # the answers are kept beside the model
+    loss = dict(read_scalars(str(out / "tensorboard"))["loss"])
+    assert loss[8] < 0.7 * loss[2], loss
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert (config["hidden_size"], config["num_hidden_layers"]) == (64, 2)
