@@ -16,7 +16,7 @@ import numpy as np
 from cluster import storage
 from jobs.context import StageContext
 from jobs.train.chat_data import ChatTemplate, Drop, Message, messages, parse_json, with_system
-from jobs.train.sources import TokenizerInfo, tokenizer_info
+from jobs.train.sources import TokenizerInfo, check_causal_lm, tokenizer_info
 from pipelines.errors import StageError
 from pipelines.spec.distill import DistillStage, TeacherGeneration
 
@@ -28,21 +28,8 @@ SHOWN_MISMATCHES = 3
 
 def teacher_uri(ctx: StageContext, spec: DistillStage) -> str:
     """The teacher's Hugging Face directory, checked to hold a causal language model."""
-    field = f"stages.{ctx.name}.teacher"
     uri = ctx.input(spec.teacher).path("model") if spec.teacher in ctx.inputs else storage.absolute(spec.teacher)
-    config_path = storage.join(uri, "config.json")
-    if not storage.exists(config_path):
-        raise StageError(
-            f"{field}: '{uri}' is not a Hugging Face model directory (no config.json). Name an earlier stage that "
-            "exports a causal LM (pretrain, sft, dpo, grpo, ppo, distill) or a directory with config.json, weights "
-            "and tokenizer files."
-        )
-    architectures = storage.read_json(config_path).get("architectures") or []
-    if architectures and not any(a.endswith("ForCausalLM") for a in architectures):
-        raise StageError(
-            f"{field}: the model at '{uri}' is a {', '.join(architectures)}, not a causal language model, so it has "
-            "no next-token distribution to distil; name a pretrain, sft, dpo, grpo, ppo or distill stage instead."
-        )
+    check_causal_lm(uri, f"stages.{ctx.name}.teacher", "to distil")
     return uri
 
 

@@ -19,7 +19,7 @@ from cluster import storage
 from jobs.context import StageContext
 from jobs.train.chat_datasets import data_files
 from jobs.train.packing import is_validation
-from jobs.train.sources import tokenizer_info
+from jobs.train.sources import check_causal_lm, tokenizer_info
 from pipelines.errors import StageError
 from pipelines.spec.eval import EvalStage
 
@@ -70,7 +70,7 @@ def resolve_models(ctx: StageContext, spec: EvalStage) -> list[ModelRef]:
     for i, ref in enumerate(spec.models):
         where = f"stages.{ctx.name}.models[{i}]"
         uri = ctx.input(ref).path("model") if ref in ctx.inputs else storage.absolute(ref)
-        check_causal_lm(uri, where)
+        check_causal_lm(uri, where, "to score")
         info = tokenizer_info(uri, where)
         if spec.prompt_format == "chat" and info.chat_template is None and (spec.multiple_choice or spec.prompts):
             raise StageError(
@@ -83,21 +83,6 @@ def resolve_models(ctx: StageContext, spec: EvalStage) -> list[ModelRef]:
     if len(set(labels)) < len(labels):  # two directories with the same name: show whole paths
         refs = [ModelRef(r.uri if labels.count(r.label) > 1 else r.label, r.uri) for r in refs]
     return refs
-
-
-def check_causal_lm(uri: str, where: str) -> None:
-    config_uri = storage.join(uri, "config.json")
-    if not storage.exists(config_uri):
-        raise StageError(
-            f"{where}: '{uri}' is not a Hugging Face model directory (no config.json). Name an earlier pretrain, "
-            "sft, dpo, grpo, ppo or distill stage, or a directory with config.json, weights and tokenizer files."
-        )
-    architectures = storage.read_json(config_uri).get("architectures") or []
-    if architectures and not any(a.endswith("ForCausalLM") for a in architectures):
-        raise StageError(
-            f"{where}: the model at '{uri}' is a {', '.join(architectures)}, not a causal language model, so it "
-            "has no next-token probabilities to score; name a model with a language-modelling head."
-        )
 
 
 # --- text ------------------------------------------------------------------------------------------------------

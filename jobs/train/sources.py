@@ -17,6 +17,23 @@ def resolve(ctx: StageContext, ref: str) -> str:
     return storage.absolute(ref)
 
 
+def check_causal_lm(uri: str, field: str, use: str) -> None:
+    """`uri` must be a Hugging Face directory of a causal LM; `use` says what the stage needs its LM head for."""
+    config_uri = storage.join(uri, "config.json")
+    if not storage.exists(config_uri):
+        raise StageError(
+            f"{field}: '{uri}' is not a Hugging Face model directory (no config.json). Name an earlier pretrain, "
+            "sft, dpo, grpo, ppo or distill stage, or a directory with config.json, weights and tokenizer files."
+        )
+    architectures = storage.read_json(config_uri).get("architectures") or []
+    if architectures and not any(a.endswith("ForCausalLM") for a in architectures):
+        raise StageError(
+            f"{field}: the model at '{uri}' is a {', '.join(architectures)}, not a causal language model, so it "
+            f"has no next-token distribution {use}; name a pretrain, sft, dpo, grpo, ppo or distill stage, or a "
+            "model with a language-modelling head."
+        )
+
+
 def parquet_files(uri: str, field: str) -> list[str]:
     """Parquet shards of a data stage output (`<uri>/data/*.parquet`) or of a plain directory of Parquet files."""
     for root in (storage.join(uri, "data"), uri):

@@ -134,3 +134,19 @@ def test_tensorboard_sync_puts_every_logged_step_on_disk_before_the_writer_is_cl
     tb.log(40, {"loss": 0.5})
     tb.close()
     assert read_scalars(uri)["loss"][-1] == (40, 0.5) and read_scalars(uri)["lr"] == [(10, 0.5), (20, 0.5), (30, 0.5)]
+
+
+def test_check_causal_lm_names_the_field_and_the_fix(tmp_path):
+    from jobs.train.sources import check_causal_lm
+    from pipelines.errors import StageError
+
+    missing = r"stages.eval.models\[0\]: '.*' is not a Hugging Face model directory \(no config.json\). Name an " \
+        "earlier pretrain, sft, dpo, grpo, ppo or distill stage"
+    with pytest.raises(StageError, match=missing):
+        check_causal_lm(str(tmp_path), "stages.eval.models[0]", "to score")
+    (tmp_path / "config.json").write_text('{"architectures": ["LlamaForSequenceClassification"]}')
+    with pytest.raises(StageError, match="is a LlamaForSequenceClassification, not a causal language model, so it has "
+                                         "no next-token distribution to distil; name a pretrain"):  # fmt: skip
+        check_causal_lm(str(tmp_path), "stages.d.teacher", "to distil")
+    (tmp_path / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
+    check_causal_lm(str(tmp_path), "stages.d.teacher", "to distil")
