@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.errors import ClusterError, SpecError
+from pipelines.errors import ClusterError, SpecError, StageError
 from pipelines.spec.serve import ServeStage
 from services import app, lifecycle
 from services.app import AppRecord
@@ -130,7 +130,6 @@ def test_model_fingerprint_follows_the_files(tmp_path):
 
 
 def test_context_longer_than_the_model_is_refused_before_deploying(tmp_path):
-    from pipelines.errors import StageError
     from services.stage import check_context_length
 
     (tmp_path / "config.json").write_text('{"max_position_embeddings": 128}')
@@ -190,3 +189,14 @@ def test_streams_send_the_first_chunks_at_once_then_batch():
     batches = asyncio.run(collect())
     assert [b for b, _ in batches] == [[0], [1], [2, 3, 4, 5]]
     assert batches[0][1] < 0.5 and batches[1][1] < 0.5  # not held for the 1 s batching interval
+
+
+def test_probe_of_an_endpoint_that_does_not_answer_names_the_field_to_skip_it():
+    from services.stage import probe_once
+    from tests.conftest import free_port
+
+    endpoint = f"http://127.0.0.1:{free_port()}/v1"
+    expected = f"stages.serve: the deployed app did not answer a test request at {endpoint}: .*Set " \
+        "stages.serve.probe_requests: 0 to deploy without the check"
+    with pytest.raises(StageError, match=expected):
+        probe_once("serve", endpoint, "tiny")
