@@ -106,6 +106,7 @@ def start(head: LocalHead = LocalHead(), timeout: float = 120.0) -> LocalHead:
         if _jobs_api_ready(head.dashboard_url):
             return head
         time.sleep(0.5)
+    stop(head)  # leave nothing behind that holds the ports
     raise ClusterError(f"the local Ray head started but its dashboard at {head.dashboard_url} never answered")
 
 
@@ -123,7 +124,11 @@ def _node_env(temp_dir: str, gcs_address: str) -> dict[str, str]:
     path = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
     # HEAD_ENV marks the processes of this node that keep their environment (helpers that outlive a worker).
     # RAY_ADDRESS makes a bare `ray.init()` in any of them join this cluster instead of starting a new one.
-    return {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PATH": path, HEAD_ENV: temp_dir, "RAY_ADDRESS": gcs_address}
+    # RAY_AUTH_MODE: Ray turns token authentication on for every new head once ~/.ray/auth_token exists, and any
+    # bare `ray.init()` on this machine writes that file. A loopback head would then refuse the Jobs API and the
+    # dashboard calls that carry no token. Its dashboard and Jobs API listen on 127.0.0.1 only.
+    return {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PATH": path, HEAD_ENV: temp_dir, "RAY_ADDRESS": gcs_address,
+            "RAY_AUTH_MODE": "disabled"}  # fmt: skip
 
 
 def join(node: WorkerNode) -> WorkerNode:
@@ -154,8 +159,9 @@ def _jobs_api_ready(url: str) -> bool:
         return False
 
 
-def stop(head: LocalHead | WorkerNode = LocalHead(), timeout: float = 5.0) -> bool:
-    """Stop the processes of this node only (its temp dir on the command line or in HEAD_ENV); True if any ran."""
+def stop(head: LocalHead | WorkerNode = LocalHead(), timeout: float = 5.0, hard: bool = False) -> bool:
+    """Stop the processes of this node only (its temp dir on the command line or in HEAD_ENV); True if any ran.
+    `hard` SIGKILLs them all at once, as when the machine is lost: nothing gets to say goodbye to the head."""
     import psutil
 
     roots = [p for p in psutil.process_iter(["cmdline"]) if p.pid != os.getpid() and _belongs_to(p, head)]
@@ -170,7 +176,7 @@ def stop(head: LocalHead | WorkerNode = LocalHead(), timeout: float = 5.0) -> bo
     procs = list(procs.values())
     for p in procs:
         try:
-            p.terminate()
+            (p.kill if hard else p.terminate)()
         except psutil.NoSuchProcess:
             pass
     _, alive = psutil.wait_procs(procs, timeout=timeout)

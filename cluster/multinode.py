@@ -20,7 +20,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from cluster import local
@@ -95,9 +95,7 @@ def start(cluster: MultiNode, timeout: float = 180.0) -> MultiNode:
     except BaseException:
         stop(cluster)
         raise
-    with open(state_file(cluster.root), "w") as f:
-        json.dump(cluster.to_json(), f, indent=2)
-    return cluster
+    return _record(cluster)
 
 
 def stop(cluster: MultiNode) -> bool:
@@ -109,6 +107,38 @@ def stop(cluster: MultiNode) -> bool:
     if os.path.exists(state_file(cluster.root)):
         os.remove(state_file(cluster.root))
     return any(stopped)
+
+
+def lose_worker(cluster: MultiNode, index: int = 0) -> MultiNode:
+    """SIGKILL every process of worker node `index` at once (a machine lost, not a clean shutdown) and return the
+    cluster without it. Ray marks the node dead once its heartbeats stop; what ran there is retried elsewhere."""
+    node = cluster.workers[index]
+    local.stop(node, hard=True)
+    return _record(replace(cluster, workers=tuple(w for w in cluster.workers if w is not node)))
+
+
+def add_worker(cluster: MultiNode, cpus: int = 4, timeout: float = 120.0) -> MultiNode:
+    """Join one more worker node (a replacement, as an autoscaler brings one) under the next unused name, and
+    return once the head sees it alive."""
+    index = next(i for i in range(1000) if not os.path.exists(os.path.join(cluster.root, f"w{i}")))
+    resource = WORKER_RESOURCE.format(index)
+    node = local.WorkerNode(
+        gcs_address=cluster.gcs_address, temp_dir=os.path.join(cluster.root, f"w{index}"), agent_port=free_port(),
+        num_cpus=cpus, resources={resource: 1}, labels={ROLE_LABEL: "worker"},
+    )  # fmt: skip
+    local.join(node)
+    deadline = time.monotonic() + timeout
+    while not any(resource in n.get("resources_total", {}) for n in alive_nodes(cluster.dashboard_url)):
+        if time.monotonic() > deadline:
+            raise ClusterError(f"the new worker node ({resource}) is not alive at {cluster.dashboard_url}")
+        time.sleep(0.5)
+    return _record(replace(cluster, workers=(*cluster.workers, node)))
+
+
+def _record(cluster: MultiNode) -> MultiNode:
+    with open(state_file(cluster.root), "w") as f:
+        json.dump(cluster.to_json(), f, indent=2)
+    return cluster
 
 
 def state_file(root: str) -> str:

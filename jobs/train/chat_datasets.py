@@ -19,7 +19,7 @@ import numpy as np
 
 from cluster import storage
 from jobs.train.chat_data import IGNORE, Drop, Encoder, EncodeSettings, to_conversation, to_pair
-from jobs.train.packing import is_validation
+from jobs.train.packing import is_validation, read_parquet
 from pipelines.errors import StageError
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ def read_records(files: list[str]) -> ray.data.Dataset:
         text = ray.data.read_text(jsonl, filesystem=fs, drop_empty_lines=True)
         parts.append(text.map_batches(_rename_text, batch_format="pyarrow"))
     if parquet:
-        rows = ray.data.read_parquet(parquet, filesystem=fs)
+        rows = read_parquet(parquet, fs)
         parts.append(rows.map_batches(_rows_as_json, batch_format="pyarrow"))
     return parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
 

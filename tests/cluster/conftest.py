@@ -36,7 +36,7 @@ def two_nodes(two_nodes_env):
             shutil.rmtree(root, ignore_errors=True)
             raise
     yield cluster
-    multinode.stop(cluster)
+    multinode.stop(multinode.load(root))  # with the nodes that tests added or lost since (cluster.json)
     shutil.rmtree(root, ignore_errors=True)
 
 

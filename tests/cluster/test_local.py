@@ -17,9 +17,10 @@ def test_nothing_answers_on_a_closed_port():
     assert local.dashboard_version(f"http://127.0.0.1:{free_port()}", timeout=0.5) is None
 
 
-def test_down_stops_every_process_of_its_head_and_only_those(ray_head):
+def test_down_stops_every_process_of_its_head_and_only_those(ray_head, tmp_path, monkeypatch):
     """A second head with a worker kept busy by a job: `stop` ends the whole tree, renamed workers included,
-    and leaves the session's head running."""
+    and leaves the session's head running. The home directory holds the token a bare `ray.init()` leaves behind,
+    which would turn on Ray's token authentication: the head still answers the Jobs API without one."""
     import subprocess
 
     import psutil
@@ -28,7 +29,10 @@ def test_down_stops_every_process_of_its_head_and_only_those(ray_head):
 
     head = local.LocalHead(port=free_port(), dashboard_port=free_port(), client_port=free_port(),
                            agent_port=free_port(), temp_dir=f"/tmp/llmctl-t{os.getpid()}", num_cpus=2)  # fmt: skip
-    local.start(head)
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("0123456789abcdef" * 4)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    local.start(head)  # returns once the Jobs API answers a request without a token
     code = (
         f"import ray, time; ray.init(address='{head.gcs_address}'); a = ray.remote(lambda: time.sleep(600)).remote(); "
         "print('started', flush=True); time.sleep(600)"

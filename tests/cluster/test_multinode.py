@@ -8,7 +8,7 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
+import time
 from dataclasses import dataclass
 
 import pytest
@@ -120,50 +120,128 @@ def client_env(s3, monkeypatch):
     monkeypatch.setenv("AWS_REGION", "us-east-1")
 
 
-def test_s3_pipeline_on_two_nodes_keeps_credentials_out_of_job_logs_and_storage(
+LOSES_NODES = """
+name: s3run
+storage: s3://llm/runs
+stages:
+  curate: {kind: data, inputs: ["s3://llm/corpus/*.jsonl"], minhash: null}
+  tokenizer: {kind: tokenizer, data: curate, vocab_size: 512}
+  pretrain:
+    kind: pretrain
+    data: curate
+    tokenizer: tokenizer
+    model: {preset: tiny}
+    optim: {lr: 3.0e-3, warmup_steps: 2}
+    schedule: {steps: 12, seq_len: 64, micro_batch_size: 8, eval_every: 6, checkpoint_every: 4, log_every: 4}
+    scaling: {num_workers: 2, strategy: SPREAD}
+    failure: {max_failures: 2}
+"""
+
+
+def test_pipeline_on_s3_survives_losing_a_worker_node_in_curation_and_in_pretraining(
     two_nodes, s3, client_env, tmp_path, monkeypatch
 ):
+    """A data -> tokenizer -> pretrain run whose every artifact lives on S3 loses its worker node twice: mid-way
+    through curation (Ray Data re-runs the lost tasks; the funnel still counts every row once) and after the first
+    pretraining checkpoint (Ray Train restarts the group on the nodes left and resumes from that checkpoint on S3).
+    Credentials reach the nodes through the AWS chain and appear in nothing llmctl shows or stores."""
     from ray.job_submission import JobSubmissionClient
 
     from jobs.demo.corpus import write_demo_corpus
 
-    manifest = write_demo_corpus(str(tmp_path / "corpus"), n_docs=60, seed=3)
+    manifest = write_demo_corpus(str(tmp_path / "corpus"), n_docs=300, seed=3)
     storage.upload_dir(str(tmp_path / "corpus"), "s3://llm/corpus")
     spec = tmp_path / "s3.yaml"
-    spec.write_text(
-        textwrap.dedent("""
-        name: s3run
-        storage: s3://llm/runs
-        stages:
-          curate: {kind: data, inputs: ["s3://llm/corpus/*.jsonl"], exact_dedup: false, minhash: null, pii: null}
-        """)
-    )
+    spec.write_text(LOSES_NODES)
     monkeypatch.chdir(tmp_path)
+    target = jobs.Target(two_nodes.dashboard_url, is_local=False)
+    cluster = two_nodes
+    started = time.monotonic()
+    try:
+        submitted = CliRunner().invoke(main, ["submit", str(spec), "--address", cluster.dashboard_url, "--no-wait"],
+                                       catch_exceptions=False)  # fmt: skip
+        assert submitted.exit_code == 0, submitted.output
+        [job] = jobs.list_runs(target)  # the only run on this cluster
+        job_id = job.submission_id
 
-    result = CliRunner().invoke(main, ["submit", str(spec), "--address", two_nodes.dashboard_url],
-                                catch_exceptions=False)  # fmt: skip
-    assert result.exit_code == 0, result.output
-    markers = storage.list_files("s3://llm/runs/s3run", "_SUCCESS")
-    assert len(markers) == 1, "the stage is committed on S3"
-    stage_uri = markers[0].rsplit("/", 1)[0]
-    assert storage.read_json(markers[0])["metrics"]["rows"]["in"] == manifest["expected"]["rows_in"]
-    assert storage.list_files(f"{stage_uri}/data", ".parquet"), "curated shards are on S3"
+        worker = _worker_node_id(cluster)
+        _wait(lambda: _running_tasks_on(cluster, worker, job_id), target, job_id, "a curation task on the worker")
+        cluster = multinode.lose_worker(cluster)
+        print(f"worker node lost during curation at {time.monotonic() - started:.0f}s")
+        assert not storage.list_files("s3://llm/runs/s3run/curate", "_SUCCESS"), "the node went after curation"
+        cluster = multinode.add_worker(cluster)  # the replacement an autoscaler would bring
+
+        checkpoints = "s3://llm/runs/s3run/pretrain"
+        _wait(lambda: storage.list_files(checkpoints, "checkpoint_manager_snapshot.json"), target, job_id,
+              "the first pretraining checkpoint on S3")  # fmt: skip
+        worker = _worker_node_id(cluster)
+        ranks = _train_worker_nodes(cluster)
+        assert worker in ranks, f"SPREAD puts a Ray Train rank on the worker node: {ranks}"
+        cluster = multinode.lose_worker(cluster)
+        print(f"worker node lost during pretraining at {time.monotonic() - started:.0f}s")
+        _wait(lambda: jobs.status(target, job_id) == "SUCCEEDED", target, job_id, "the run to finish")
+        print(f"run finished at {time.monotonic() - started:.0f}s")
+        print("\n".join(line for line in jobs.logs(target, job_id).splitlines() if line[:1].isdigit()))
+    finally:
+        if not cluster.workers:  # later tests in this module get two nodes again
+            multinode.add_worker(cluster)
+
+    done = {(m := storage.read_json(uri))["stage"]: m for uri in storage.list_files("s3://llm/runs", "_SUCCESS")}
+    assert set(done) == {"curate", "tokenizer", "pretrain"}
+    rows = done["curate"]["metrics"]["rows"]
+    assert rows["in"] == manifest["expected"]["rows_in"], "every input line is counted once"
+    assert rows["out"] == manifest["expected"]["kept"] + manifest["expected"]["near_duplicates"]  # minhash is off
+    trained = done["pretrain"]["metrics"]
+    assert (trained["step"], trained["world_size"]) == (12, 2)
+    assert 4 <= trained["resumed_from_step"] < 12, "the restarted group resumes from a checkpoint on S3"
+    pretrain_uri = storage.list_files(checkpoints, "_SUCCESS")[0].rsplit("/", 1)[0]
+    assert storage.exists(f"{pretrain_uri}/model/model.safetensors"), "the export is on S3"
     assert not (tmp_path / "runs").exists(), "nothing was written locally"
 
-    target = jobs.Target(two_nodes.dashboard_url, is_local=False)
-    [job] = jobs.list_runs(target)  # the only run on this cluster
-    info = JobSubmissionClient(two_nodes.dashboard_url).get_job_info(job.submission_id)
+    info = JobSubmissionClient(cluster.dashboard_url).get_job_info(job_id)
     assert info.runtime_env["env_vars"]["AWS_ENDPOINT_URL"] == s3.endpoint, "the endpoint travels with the job"
     shown = {
         "job info (runtime_env, metadata, entrypoint)": repr(info),
-        "job log": jobs.logs(target, job.submission_id),
-        "llmctl submit output": result.output,
+        "job log": jobs.logs(target, job_id),
+        "llmctl submit output": submitted.output,
         **{uri: _read_bytes(uri).decode("latin-1") for uri in storage.list_files("s3://llm/runs")},
     }
     assert any(uri.endswith("/spec.yaml") for uri in shown) and any(uri.endswith("/plan.json") for uri in shown)
+    assert any("/_state/" in uri for uri in shown), "Ray Train's checkpoints are among what was searched"
     for where, text in shown.items():
         assert s3.secret not in text, f"the secret access key appears in {where}"
         assert s3.key_id not in text, f"the access key id appears in {where}"
+
+
+def _wait(condition, target: jobs.Target, job_id: str, what: str, timeout: float = 600) -> None:
+    """Poll `condition` until it holds; fail early, with the job's log, if the job ends first."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        state = jobs.status(target, job_id)
+        assert state not in jobs.TERMINAL, f"the job ended {state} before {what}:\n{jobs.logs(target, job_id)[-3000:]}"
+        assert time.monotonic() < deadline, f"no {what} after {timeout:.0f}s"
+        time.sleep(0.2)
+
+
+def _worker_node_id(cluster: multinode.MultiNode) -> str:
+    resource = cluster.workers[0].resources
+    [node] = [n for n in multinode.alive_nodes(cluster.dashboard_url) if set(resource) <= set(n["resources_total"])]
+    return node["node_id"]
+
+
+def _running_tasks_on(cluster: multinode.MultiNode, node_id: str, job_id: str) -> list:
+    """The job's Ray Data tasks running on `node_id` now (the state API names the job by its Ray job id)."""
+    from ray.util.state import list_tasks
+
+    running = list_tasks(address=cluster.dashboard_url, filters=[("node_id", "=", node_id), ("state", "=", "RUNNING")])
+    return [t for t in running if t.type == "NORMAL_TASK"]
+
+
+def _train_worker_nodes(cluster: multinode.MultiNode) -> list[str]:
+    from ray.util.state import list_actors
+
+    alive = [("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]
+    return [a.node_id for a in list_actors(address=cluster.dashboard_url, filters=alive)]
 
 
 def _read_bytes(uri: str) -> bytes:
