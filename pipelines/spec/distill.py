@@ -16,7 +16,7 @@ from pipelines.spec.base import Model
 from pipelines.spec.post import CAUSAL_LM_KINDS, PostTrainStage
 
 R1_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
-WHITE_BOX_FIELDS = ("temperature", "alpha")
+WHITE_BOX_DEFAULTS = {"temperature": 2.0, "alpha": 0.5}
 
 
 class TeacherGeneration(Model):
@@ -84,40 +84,50 @@ class DistillStage(PostTrainStage):
         description="white_box: match the teacher's token distributions (needs its logits, same vocabulary); "
         "black_box: fine-tune on answers the teacher generates (needs only its text).",
     )
-    temperature: float = Field(
-        2.0,
+    temperature: float | None = Field(
+        None,
         gt=0,
-        description="white_box: softmax temperature T of both models in the KL term; above 1 exposes the teacher's "
-        "ranking of unlikely tokens. The KL is multiplied by T² so its gradients keep their scale.",
+        description="white_box (default 2.0): softmax temperature T of both models in the KL term; above 1 exposes "
+        "the teacher's ranking of unlikely tokens. The KL is multiplied by T² so its gradients keep their scale.",
     )
-    alpha: float = Field(
-        0.5,
+    alpha: float | None = Field(
+        None,
         gt=0,
         le=1,
-        description="white_box: weight of the distillation term; the loss is alpha · T² · KL + (1 - alpha) · "
-        "cross-entropy on the data's answers. 1 learns from the teacher alone.",
+        description="white_box (default 0.5): weight of the distillation term; the loss is alpha · T² · KL + "
+        "(1 - alpha) · cross-entropy on the data's answers. 1 learns from the teacher alone.",
     )
-    generation: TeacherGeneration = Field(
-        default_factory=TeacherGeneration, description="black_box: how the teacher answers the prompts."
+    generation: TeacherGeneration | None = Field(
+        None, description="black_box (defaults as listed): how the teacher answers the prompts."
     )
     reasoning: ReasoningFormat | None = Field(
         None, description="Weight the R1 reasoning tags in the answers; null weighs every answer token alike."
     )
 
-    @model_validator(mode="after")
-    def _mode_fields(self) -> DistillStage:
-        if self.mode == "black_box":
-            stray = [f for f in WHITE_BOX_FIELDS if f in self.model_fields_set]
+    @model_validator(mode="before")
+    @classmethod
+    def _mode_fields(cls, data: Any) -> Any:
+        """Only the fields of the chosen mode are set, and set to their defaults when left out; the others stay
+        null. So the resolved spec (stored in the plan and validated again by the job) passes these rules too."""
+        if not isinstance(data, dict):
+            return data
+        if data.get("mode", "white_box") == "black_box":
+            stray = [f for f in WHITE_BOX_DEFAULTS if data.get(f) is not None]
             if stray:
                 raise ValueError(
                     f"{' and '.join(stray)} only apply to mode: white_box (black_box fine-tunes on the teacher's "
                     f"generated text with the plain SFT loss); remove {', '.join(stray)} or set mode: white_box"
                 )
-        elif "generation" in self.model_fields_set:
+            return {**data, "generation": data.get("generation") or {}}
+        if data.get("generation") is not None:
             raise ValueError(
                 "generation only applies to mode: black_box (white_box reads the teacher's logits on the data "
                 "and generates nothing); remove generation or set mode: black_box"
             )
+        return {**data, **{f: default for f, default in WHITE_BOX_DEFAULTS.items() if data.get(f) is None}}
+
+    @model_validator(mode="after")
+    def _not_itself(self) -> DistillStage:
         if self.teacher == self.model:
             raise ValueError(
                 f"teacher and model are both '{self.model}': a model distilled from itself learns nothing new; "

@@ -116,3 +116,24 @@ def test_code_version_covers_the_runner_package_only():
     assert {"jobs/rlhf", "jobs/train"} <= set(code_paths("grpo")), "rlhf runs the training core"
     assert code_version("serve") != code_version("pretrain")
     assert code_version("serve") == code_version("serve")
+
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "pipelines",
+                        "examples")  # fmt: skip
+BLACK_BOX = ("distill.yaml", ["distill.mode=black_box", "distill.temperature=null", "distill.alpha=null",
+                              "distill.generation.backend=vllm"])  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("example", "overrides"),
+    [(name, []) for name in sorted(os.listdir(EXAMPLES)) if name.endswith(".yaml")] + [BLACK_BOX],
+)
+def test_the_job_reads_back_every_example_as_planned(example, overrides):
+    """The job driver validates the plan's stored spec again: every resolved example must pass its own rules (a
+    rule on which fields were written, not on their values, failed here: distill in either mode)."""
+    from pipelines.load import load
+    from pipelines.spec import Pipeline
+
+    resolved = plan.resolve(load(os.path.join(EXAMPLES, example), overrides))
+    stored = plan.build(resolved, check_inputs=False).spec
+    assert Pipeline.model_validate(stored) == resolved
