@@ -7,6 +7,7 @@ Ray Data batch of documents is packed on its own, so at most one partial window 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from itertools import chain
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +61,14 @@ def tokenize_and_pack(
     return {"input_ids": pack([e.ids for e in encodings], seq_len, eos_id)}
 
 
+def packed_batches(batch: dict[str, np.ndarray], **settings: Any) -> Iterator[dict[str, np.ndarray]]:
+    """tokenize_and_pack as Ray Data calls it: a batch that packs into no sequence yields nothing. Returned, its
+    empty (0, seq_len) array would be stored as a column of pickled objects instead of tensors like the others."""
+    packed = tokenize_and_pack(batch, **settings)
+    if len(packed["input_ids"]):
+        yield packed
+
+
 def read_parquet(paths: list[str], filesystem: Any) -> ray.data.Dataset:
     """`ray.data.read_parquet` on Ray Data's first Parquet reader. The newer one (the default in ray 2.60) starts
     32 footer-reading actors every time a dataset executes; on a 2-core machine that cost ~17 s per execution,
@@ -91,7 +100,7 @@ def packed_dataset(
     paths = [storage.filesystem(f)[1] for f in files]
     ds = read_parquet(paths, fs).select_columns([text_column])
     return ds.map_batches(
-        tokenize_and_pack,
+        packed_batches,
         batch_size=DOCS_PER_BATCH,
         batch_format="numpy",
         fn_kwargs={

@@ -50,6 +50,12 @@ def test_tokenize_and_pack_keeps_only_its_split(tmp_path):
     val_tokens = sum(len(str(t).split()) + 1 for t in texts if packing.is_validation(str(t), 0.3))
     assert 0 < n_val < 200 and val.shape == (val_tokens // 4, 4)
     assert train.shape[0] + val.shape[0] >= (sum(len(str(t).split()) + 1 for t in texts) // 4) - 1
+    # As Ray Data calls it: a batch with no whole sequence of its split gives no block rather than an empty one.
+    from ray.data.block import BlockAccessor
+
+    [block] = [BlockAccessor.batch_to_block(b) for b in packing.packed_batches({"text": texts}, split="val", **common)]
+    assert "Tensor" in str(block.schema.field("input_ids").type)  # not ArrowPythonObjectType
+    assert list(packing.packed_batches({"text": texts[:1]}, split="val", **{**common, "val_fraction": 1e-9})) == []
 
 
 def test_deepspeed_config_from_spec():
