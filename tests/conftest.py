@@ -1,12 +1,14 @@
 """One Ray head per test session, on free ports and its own temp dir, so tests never touch a user's cluster.
 
 Tests that call Ray directly take `ray_session` (this process connected as a driver); tests that submit
-jobs take `ray_head` and pass `--address ray_head.dashboard_url`.
+jobs take `ray_head` and pass `--address ray_head.dashboard_url`. Tests that need placement across nodes take
+`two_nodes`: a head and a worker node of their own, for the module.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import sys
 
@@ -16,7 +18,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from cluster import local  # noqa: E402
+from cluster import local, multinode  # noqa: E402
+from pipelines.errors import ClusterError  # noqa: E402
 
 
 def free_port() -> int:
@@ -51,3 +54,40 @@ def ray_session(ray_head):
     if not ray.is_initialized():
         ray.init(address=ray_head.gcs_address, log_to_driver=False)
     yield ray_head
+
+
+# --- a second, multi-node cluster (cluster.multinode): a head and one worker node on loopback, started per module
+# and only when a test asks for it. A module sets what the nodes' environment holds (e.g. AWS credentials, as an
+# instance role gives a real node) by overriding `two_nodes_env` (a value of None removes the variable).
+
+
+@pytest.fixture(scope="module")
+def two_nodes_env() -> dict[str, str | None]:
+    return {}
+
+
+@pytest.fixture(scope="module")
+def two_nodes(two_nodes_env):
+    root = f"/tmp/llmctl-mn-{os.getpid()}"  # short: Ray's AF_UNIX socket paths under it must stay below 107 bytes
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in two_nodes_env.items():
+            if value is None:
+                mp.delenv(name, raising=False)
+            else:
+                mp.setenv(name, value)
+        try:
+            cluster = _start_two_nodes(root)
+        except BaseException:
+            shutil.rmtree(root, ignore_errors=True)
+            raise
+    yield cluster
+    multinode.stop(multinode.load(root))  # with the nodes that tests added or lost since (cluster.json)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _start_two_nodes(root: str) -> multinode.MultiNode:
+    try:
+        return multinode.start(multinode.plan(root, workers=1, head_cpus=4, worker_cpus=4))
+    except ClusterError:
+        # Ray gives a raylet 30s to register; a machine busy with other test runs can miss that once.
+        return multinode.start(multinode.plan(root, workers=1, head_cpus=4, worker_cpus=4))

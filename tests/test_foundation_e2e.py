@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import main
-from cluster import jobs, storage
+from cluster import jobs, multinode, storage
 from tests.conftest import ROOT
 from tests.observability.chromium import open_page
 
@@ -49,9 +49,10 @@ def markers(root) -> dict[str, dict]:
     return {json.loads(open(f).read())["stage"]: json.loads(open(f).read()) for f in found}
 
 
-def test_example_pipeline_runs_end_to_end_then_resubmit_skips_every_stage(ray_head, corpus, monkeypatch):
-    """`llmctl submit pipelines/examples/tiny.yaml` as `make run` does it (fewer steps): raw text to an
-    endpoint that answers the openai client; the resubmit skips every stage and only re-checks the app."""
+def test_example_pipeline_runs_end_to_end_then_resubmit_skips_every_stage(two_nodes, corpus, monkeypatch):
+    """`llmctl submit pipelines/examples/tiny.yaml` as `make run` does it (fewer steps), unchanged, on a cluster of
+    two nodes: raw text to an endpoint that answers the openai client; the resubmit skips every stage and only
+    re-checks the app."""
     from services.client import ask
 
     root, manifest = corpus
@@ -68,7 +69,7 @@ def test_example_pipeline_runs_end_to_end_then_resubmit_skips_every_stage(ray_he
               "--set", "align.micro_batch_size=8", "--set", "align.rollout.max_new_tokens=8",
               "--set", "eval.held_out_fraction=null", "--set", "eval.text_rows=20"]  # fmt: skip
     try:
-        first = submit(example, ray_head.dashboard_url, *small)
+        first = submit(example, two_nodes.dashboard_url, *small)
         assert first.exit_code == 0, first.output
         done = markers(root / "runs")
         assert set(done) == {"curate", "tokenizer", "pretrain", "sft", "dpo", "align", "serve", "eval"}
@@ -86,6 +87,10 @@ def test_example_pipeline_runs_end_to_end_then_resubmit_skips_every_stage(ray_he
         assert serving["probe_requests"] == 3 and 0 < serving["ttft_s_p50"] <= serving["latency_s_p50"]
         assert f"Endpoint:  {endpoint}" in first.output and "curl " in first.output
         assert ask(endpoint, "tiny", "What is Ray?", max_tokens=8).strip()
+        from ray.util.state import list_tasks
+
+        ran_on = {t.node_id for t in list_tasks(address=two_nodes.dashboard_url, limit=10_000) if t.node_id}
+        assert ran_on == {n["node_id"] for n in multinode.alive_nodes(two_nodes.dashboard_url)}, "both nodes worked"
         # The report of the real run: every stage has its section, every training stage its curves.
         report = CliRunner().invoke(main, ["report", "tiny", "--storage", str(root / "runs")])
         assert report.exit_code == 0, report.output
@@ -101,7 +106,7 @@ def test_example_pipeline_runs_end_to_end_then_resubmit_skips_every_stage(ray_he
         assert page.errors == [] and len(page.evaluated) >= 9 and all(page.evaluated), page.evaluated
 
         started = time.monotonic()
-        second = submit(example, ray_head.dashboard_url, *small)
+        second = submit(example, two_nodes.dashboard_url, *small)
         elapsed = time.monotonic() - started
         assert second.exit_code == 0, second.output
         for stage in ("curate", "tokenizer", "pretrain", "sft", "dpo", "align", "eval"):
@@ -111,7 +116,7 @@ def test_example_pipeline_runs_end_to_end_then_resubmit_skips_every_stage(ray_he
         assert again["serve"]["metrics"]["endpoint"] == endpoint, "the app was re-checked, not moved"
         print(f"resubmit with every training stage cached took {elapsed:.1f}s")
     finally:
-        CliRunner().invoke(main, ["serve", "down", "tiny", "--address", ray_head.dashboard_url])
+        CliRunner().invoke(main, ["serve", "down", "tiny", "--address", two_nodes.dashboard_url])
 
 
 def test_killed_run_resumes_at_the_unfinished_stage(ray_head, tmp_path, corpus):
