@@ -11,12 +11,13 @@ that say *which* store `s3://` means travel, so the submitting shell and the job
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import posixpath
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -24,6 +25,31 @@ from pipelines.errors import StorageError
 
 # Not secrets: where S3 is. A job gets the submitting shell's values (see `job_env`).
 LOCATION_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
+
+
+def _reports_unreachable_storage(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A remote store that cannot be reached (wrong endpoint, no network, refused credentials) raises pyarrow's
+    OSError deep inside a call; this turns it into a StorageError naming the URI and what to check. A missing file
+    stays FileNotFoundError, which callers expect."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            remote = next((a for a in args if isinstance(a, str) and is_remote(a)), None)
+            if remote is None:
+                raise
+            where = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS's default"
+            raise StorageError(
+                f"storage: cannot reach '{remote}' (S3 endpoint: {where}): {str(exc).splitlines()[0]}. Check the "
+                "bucket name, AWS_ENDPOINT_URL for MinIO or another S3-compatible store, your credentials and the "
+                "network."
+            ) from exc
+
+    return wrapper
 
 
 def job_env(environ: dict[str, str] | None = None) -> dict[str, str]:
@@ -75,6 +101,7 @@ def filesystem(uri: str):
         raise StorageError(f"storage: cannot open '{uri}': {exc}. Use a local path or s3://bucket/prefix.") from exc
 
 
+@_reports_unreachable_storage
 def exists(uri: str) -> bool:
     import pyarrow.fs as pafs
 
@@ -82,12 +109,14 @@ def exists(uri: str) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
+@_reports_unreachable_storage
 def read_text(uri: str) -> str:
     fs, path = filesystem(uri)
     with fs.open_input_stream(path) as f:
         return f.read().decode("utf-8")
 
 
+@_reports_unreachable_storage
 def write_text(uri: str, text: str) -> None:
     fs, path = filesystem(uri)
     parent = posixpath.dirname(path) if is_remote(uri) else os.path.dirname(path)
@@ -105,11 +134,13 @@ def write_json(uri: str, obj: Any) -> None:
     write_text(uri, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+@_reports_unreachable_storage
 def makedirs(uri: str) -> None:
     fs, path = filesystem(uri)
     fs.create_dir(path, recursive=True)
 
 
+@_reports_unreachable_storage
 def delete_dir(uri: str) -> None:
     """Remove a directory and everything under it; a missing directory is fine."""
     import pyarrow.fs as pafs
@@ -119,6 +150,7 @@ def delete_dir(uri: str) -> None:
         fs.delete_dir(path)
 
 
+@_reports_unreachable_storage
 def list_files(uri: str, suffix: str = "") -> list[str]:
     """URIs of the files under a directory (recursive), sorted."""
     import pyarrow.fs as pafs
@@ -129,6 +161,7 @@ def list_files(uri: str, suffix: str = "") -> list[str]:
     return sorted(prefix + i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(suffix))
 
 
+@_reports_unreachable_storage
 def upload_dir(local_dir: str, uri: str) -> None:
     """Copy a local directory to `uri` (a no-op copy when `uri` is the same local directory)."""
     import pyarrow.fs as pafs
@@ -140,6 +173,7 @@ def upload_dir(local_dir: str, uri: str) -> None:
     pafs.copy_files(local_dir, path, destination_filesystem=fs)
 
 
+@_reports_unreachable_storage
 def download_dir(uri: str, local_dir: str) -> str:
     """Copy `uri` into `local_dir` and return it; a local `uri` is returned as it is, without copying."""
     import pyarrow.fs as pafs
@@ -165,6 +199,7 @@ def local_copy(uri: str) -> Iterator[str]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@_reports_unreachable_storage
 def fingerprint(uri: str) -> dict[str, Any]:
     """Size and modification time of a file, so a changed input file changes the cache keys that read it."""
     import pyarrow.fs as pafs
@@ -177,6 +212,7 @@ def fingerprint(uri: str) -> dict[str, Any]:
     return {"uri": uri, "size": info.size, "mtime_ns": mtime}
 
 
+@_reports_unreachable_storage
 def expand(pattern: str) -> list[str]:
     """Files matching a path, directory or glob (`*`, `?`, `[...]`), local or s3://; sorted."""
     import fnmatch

@@ -63,3 +63,23 @@ def test_upload_and_download_dir(root, tmp_path):
 def test_missing_input_is_a_storage_error(root):
     with pytest.raises(StorageError, match="does not exist"):
         storage.fingerprint(storage.join(root, "nope.jsonl"))
+
+
+def test_an_unreachable_store_is_named_with_what_to_check(tmp_path, monkeypatch):
+    """Nothing answers at the endpoint: a one-line error naming the URI and the endpoint, also from the CLI."""
+    from click.testing import CliRunner
+
+    from cli.main import main
+
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with pytest.raises(StorageError, match=f"cannot reach 's3://llm/a.jsonl' \\(S3 endpoint: {endpoint}\\)"):
+        storage.exists("s3://llm/a.jsonl")
+    spec = tmp_path / "p.yaml"
+    spec.write_text("name: p\nstages:\n  curate: {kind: data, inputs: ['s3://llm/corpus/*.jsonl']}\n")
+    result = CliRunner().invoke(main, ["validate", str(spec)])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert f"cannot reach 's3://llm/corpus/' (S3 endpoint: {endpoint})" in result.output
+    assert "AWS_ENDPOINT_URL" in result.output
