@@ -3,7 +3,10 @@
 uploaded to the bucket, and `llmctl submit pipelines/examples/tiny.yaml` pointed at both. Everything is stopped at
 the end. Extra arguments go to `llmctl submit` (e.g. --set pretrain.schedule.steps=6).
 
-    .venv/bin/python infra/local/tiny_on_s3.py [--set a.b=c ...]
+    .venv/bin/python -m cluster.tiny_on_s3 [--set a.b=c ...]
+
+It lives here, not in infra/, because it hands the loopback server throwaway keys, and infra/ holds no
+credentials of any kind (a test checks).
 """
 
 from __future__ import annotations
@@ -13,10 +16,9 @@ import shutil
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, ROOT)
+from cluster import multinode, storage
 
-from cluster import multinode, storage  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 BUCKET = "llmctl-demo"
 # Where tiny.yaml reads local files, and the same files in the bucket.
