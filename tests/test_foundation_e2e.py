@@ -60,7 +60,9 @@ def test_example_pipeline_runs_end_to_end_then_resubmit_skips_every_stage(two_no
     example = os.path.join(ROOT, "pipelines", "examples", "tiny.yaml")
     small = ["--set", "pretrain.schedule.steps=6", "--set", "pretrain.optim.warmup_steps=1",
              "--set", "pretrain.schedule.eval_every=6",
-             "--set", "pretrain.schedule.checkpoint_every=6", "--set", "serve.autoscaling.max_replicas=1"]  # fmt: skip
+             "--set", "pretrain.schedule.checkpoint_every=6", "--set", "serve.autoscaling.max_replicas=1",
+             # vLLM without graph compilation starts tens of seconds sooner; `make run` serves compiled.
+             "--set", "serve.engine.enforce_eager=true"]  # fmt: skip
     for stage in ("sft", "dpo"):  # two steps each: the chain pretrain -> sft -> dpo -> serve is what is tested
         for key, value in (("schedule.steps", 2), ("optim.warmup_steps", 1), ("schedule.eval_every", 2),
                            ("schedule.checkpoint_every", 2)):  # fmt: skip
