@@ -71,6 +71,14 @@ def test_white_box_student_closes_its_kl_to_the_teacher(ray_session, chat_dir, b
     assert (out / "model" / "tokenizer.json").read_text() == open(f"{base_model_dir}/tokenizer.json").read()
 
 
+def read_conversations(files: list[str]) -> list[dict]:
+    return [json.loads(line) for f in files for line in open(f) if line.strip()]
+
+
+def answers_by_prompt(records: list[dict]) -> dict[str, str]:
+    return {r["conversations"][0]["content"]: r["conversations"][1]["content"] for r in records}
+
+
 def test_black_box_teacher_answers_become_sft_data(ray_session, teacher_dir, tmp_path):
     """The black-box half before training: Ray Data runs the teacher over the prompts, the answered conversations
     land in teacher_data/ as JSON lines, and the SFT batch builder reads them as chat data. The retry runs the
@@ -87,19 +95,19 @@ def test_black_box_teacher_answers_become_sft_data(ray_session, teacher_dir, tmp
     files, metrics = generate_answers(records, teacher_dir, spec, out)
     assert metrics == {"prompts_in": 6, "teacher_answers": 5}
     assert chat_datasets.data_files(out, "data") == files
-    answered = [json.loads(line) for f in files for line in open(f) if line.strip()]
+    answered = read_conversations(files)
     assert sorted(r["conversations"][0]["content"] for r in answered) == [f"Question {i}?" for i in range(5)]
     assert all(r["conversations"][1]["role"] == "assistant" for r in answered)
     assert stage.format_rate(files) == 0.0  # a random teacher does not write <think>…</think><answer>…</answer>
-    by_prompt = {r["conversations"][0]["content"]: r["conversations"][1]["content"] for r in answered}
+    by_prompt = answers_by_prompt(answered)
     assert any(by_prompt.values()), "the teacher says something"
 
     vllm = spec.model_copy(update={"generation": spec.generation.model_copy(update={"backend": "vllm"})})
     files, metrics = generate_answers(records, teacher_dir, vllm, out)  # a retried stage replaces the answers
     assert metrics == {"prompts_in": 6, "teacher_answers": 5}
-    again = [json.loads(line) for f in files for line in open(f) if line.strip()]
+    again = read_conversations(files)
     assert len(again) == 5, "never duplicates"
-    assert {r["conversations"][0]["content"]: r["conversations"][1]["content"] for r in again} == by_prompt
+    assert answers_by_prompt(again) == by_prompt
 
 
 def test_black_box_stage_fine_tunes_the_student_on_the_teachers_answers(ray_session, chat_dir, base_model_dir,
