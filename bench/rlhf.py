@@ -5,12 +5,16 @@ Both train the same tiny random chat Llama (tokenizer trained on the demo chat d
 prompts with the same rule reward (`jobs.rlhf.rewards:target_length`: answers of one word score best), the same
 samples per step (prompts × answers per prompt), answer length, sampling temperature, optimizer, learning rate,
 clipping and KL term (k3, coefficient 0.04, TRL's loss_type "grpo": per-answer token mean, then batch mean).
-llmctl runs its roles as Ray worker groups with the `generate` rollout backend (transformers' generate, like TRL
-without vLLM); TRL runs in this process on the same CPUs.
+llmctl runs its roles as Ray worker groups with the `generate` rollout backend (a transformers model sampled by
+llmctl's own decode loop; TRL without vLLM calls transformers' `generate`); TRL runs in this process on the same
+CPUs. llmctl runs twice: on-policy (sample, then train, as TRL does) and with `rollout.off_policy_steps: 1`, where
+the rollout group samples the next step's answers while the actor trains on this step's, a one-update lag that
+separate worker groups make possible.
 
 Reported per side: steps/s over the training steps (start-up excluded: worker groups and model loading for llmctl,
 trainer construction for TRL), mean reward of the first and of the last `--window` steps, and wall time including
-start-up. `ratio` = llmctl steps/s ÷ TRL steps/s. Target: >= 1.5 with a last-steps reward at least TRL's.
+start-up. `ratio` = llmctl steps/s ÷ TRL steps/s, off-policy (`ratio_on_policy`: the on-policy run's). Target:
+>= 1.5 with a last-steps reward at least TRL's.
 
 Usage: .venv/bin/python -m bench.rlhf [--steps 30] [--prompts 4] [--samples 4] [--address HOST:PORT]
 Needs TRL (`pip install -e ".[bench]"`). Without --address it starts a private Ray head and stops it afterwards.
@@ -97,7 +101,7 @@ def first_last(rewards_per_step: list[float], window: int) -> dict[str, float]:
 # --- llmctl ---------------------------------------------------------------------------------------------------
 
 
-def run_llmctl(args: argparse.Namespace, model: str, prompts: str, work: str) -> dict[str, Any]:
+def run_llmctl(args: argparse.Namespace, model: str, prompts: str, work: str, off_policy: int) -> dict[str, Any]:
     from jobs.rlhf import stage
     from pipelines.spec.rlhf import GRPOStage
 
@@ -108,10 +112,10 @@ def run_llmctl(args: argparse.Namespace, model: str, prompts: str, work: str) ->
         reward_function="jobs.rlhf.rewards:target_length", reward_kwargs=REWARD_KWARGS,
         kl={"coef": KL_COEF, "estimator": "k3"},
         optim={"lr": args.lr, "min_lr": args.lr, "warmup_steps": 0, "beta2": 0.999},
-        rollout={"backend": "generate", "max_new_tokens": args.max_new_tokens},
+        rollout={"backend": "generate", "max_new_tokens": args.max_new_tokens, "off_policy_steps": off_policy},
         actor={"cpus_per_worker": 0.5}, reference={"cpus_per_worker": 0.5},
     )  # fmt: skip
-    out = os.path.join(work, "llmctl-grpo")
+    out = os.path.join(work, f"llmctl-grpo-{off_policy}")
     started = time.perf_counter()
     summary = stage.run(StageContext("grpo", "grpo", spec, "bench", "r", "k", out))
     wall = time.perf_counter() - started
@@ -216,9 +220,13 @@ def main() -> None:
             result["trl"] = run_trl(args, model, prompts, work)
             print(json.dumps({"trl": result["trl"]}), flush=True)  # kept should the rest fail
             cluster.ensure()
-            result["llmctl"] = run_llmctl(args, model, prompts, work)
-            result["ratio"] = round(result["llmctl"]["steps_per_s"] / result["trl"]["steps_per_s"], 3)
-            result["reward_at_least_trl"] = result["llmctl"]["reward_last"] >= result["trl"]["reward_last"]
+            result["llmctl_on_policy"] = run_llmctl(args, model, prompts, work, off_policy=0)
+            print(json.dumps({"llmctl_on_policy": result["llmctl_on_policy"]}), flush=True)
+            result["llmctl"] = run_llmctl(args, model, prompts, work, off_policy=1)
+            trl = result["trl"]
+            result["ratio"] = round(result["llmctl"]["steps_per_s"] / trl["steps_per_s"], 3)
+            result["ratio_on_policy"] = round(result["llmctl_on_policy"]["steps_per_s"] / trl["steps_per_s"], 3)
+            result["reward_at_least_trl"] = result["llmctl"]["reward_last"] >= trl["reward_last"]
             result["bench_wall_s"] = round(time.time() - started, 1)
     finally:
         cluster.close()

@@ -188,6 +188,18 @@ class Pending:
 
         return collect(self.mode, ray.get(self.refs))
 
+    def rank_zero_ref(self) -> Any:
+        """Rank 0's answer as an ObjectRef, to hand to another group's call without a trip through the driver.
+        A failure of rank 0 surfaces in that call; `wait_others` waits for the other ranks."""
+        assert self.mode == "rank_zero", "only a rank_zero method has one answer to forward"
+        return self.refs[0]
+
+    def wait_others(self) -> None:
+        """Wait for every rank but 0 (raising its error); rank 0's answer is not fetched."""
+        import ray
+
+        ray.get(self.refs[1:])
+
 
 class GroupMethod:
     def __init__(self, group: WorkerGroup, name: str, mode: Mode) -> None:

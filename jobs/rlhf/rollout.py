@@ -6,7 +6,8 @@ group (vLLM brings its own):
   re-import the caller's main module). New actor weights arrive through vLLM's supported route for RLHF: a
   `worker_extension_cls` (here `WeightLoader`) whose method `collective_rpc` calls on every vLLM worker, which
   reloads the model from the Hugging Face-named tensors in place (vLLM fuses q/k/v and gate/up itself).
-- `GenerateEngine`: transformers' `generate` on a plain copy of the policy; weights arrive as a state dict.
+- `GenerateEngine`: a plain copy of the policy sampled by llmctl's decode loop (`jobs.rlhf.sampler`, the same
+  answers as transformers' `generate`, less overhead per token); weights arrive as a state dict.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class Engine(Worker):
 
 
 class GenerateEngine(Engine):
-    """Sampling with transformers' generate: left-padded prompts, one batched call."""
+    """Sampling from a transformers model with `jobs.rlhf.sampler`: left-padded prompts, one batched call."""
 
     @register(dispatch="all", collect="list")
     def setup(self) -> str:
@@ -71,21 +72,16 @@ class GenerateEngine(Engine):
 
     @register(dispatch="split", collect="concat")
     def generate(self, batch: dict[str, Any], greedy: bool = False) -> dict[str, list[list[int]]]:
-        import torch
+        from jobs.rlhf.sampler import sample
 
-        cfg, prompts = self.config, batch["prompt_ids"]
-        width = max(len(p) for p in prompts)
-        ids = torch.tensor([[cfg.pad_token_id] * (width - len(p)) + p for p in prompts], device=self.device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
-        sampling = {"do_sample": False} if greedy else {
-            "do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k or None,
-        }  # fmt: skip
-        with torch.no_grad():
-            out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=cfg.max_new_tokens,
-                                      eos_token_id=list(cfg.stop_token_ids) or None,
-                                      pad_token_id=cfg.pad_token_id, **sampling)  # fmt: skip
+        cfg = self.config
+        rows = sample(
+            self.model, batch["prompt_ids"], max_new_tokens=cfg.max_new_tokens, pad_id=cfg.pad_token_id,
+            stop_ids=cfg.stop_token_ids, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+            greedy=greedy, device=self.device,
+        )  # fmt: skip
         stops = set(cfg.stop_token_ids)
-        return {"response_ids": [cut_at_stop(row, stops, cfg.pad_token_id) for row in out[:, width:].tolist()]}
+        return {"response_ids": [cut_at_stop(row, stops, cfg.pad_token_id) for row in rows]}
 
     @register(dispatch="all", collect="list")
     def load_weights(self, state: dict[str, torch.Tensor]) -> int:

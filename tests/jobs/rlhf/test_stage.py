@@ -59,10 +59,13 @@ def assert_exported(out: str) -> None:
 
 
 def test_grpo_raises_a_rule_reward_exports_and_resumes(ray_session, chat_dir, base_model_dir, tmp_path):
+    # One-step off-policy: each step's answers are sampled while the previous step trains (PPO below and the
+    # example pipeline's align stage run on-policy).
     def spec(steps: int) -> GRPOStage:
         return GRPOStage(
             kind="grpo", model=base_model_dir, prompts=f"{chat_dir}/sft.jsonl", steps=steps, num_samples=4,
-            checkpoint_every=steps, optim={"lr": 5e-3, "min_lr": 5e-3, "warmup_steps": 0}, **COMMON,
+            checkpoint_every=20, optim={"lr": 5e-3, "min_lr": 5e-3, "warmup_steps": 0},
+            **{**COMMON, "rollout": {**COMMON["rollout"], "off_policy_steps": 1}},
         )  # fmt: skip
 
     out = str(tmp_path / "grpo")
@@ -75,6 +78,11 @@ def test_grpo_raises_a_rule_reward_exports_and_resumes(ray_session, chat_dir, ba
     assert_reward_rises(rows, "grpo")
     assert_tensorboard(out, rows)
     assert_exported(out)
+    # The step-20 checkpoint was taken while step 21's prompts were already being answered: it counts only the
+    # prompts trained on, so a resumed run samples those again instead of skipping them.
+    for step in (20, 40):
+        state = json.load(open(os.path.join(out, "_state", "checkpoints", f"step_{step:08d}", "trainer.json")))
+        assert state["prompt_position"] == step * 4
 
     # Resubmitted with more steps: continues from the step-40 checkpoint.
     for name in os.listdir(out):
