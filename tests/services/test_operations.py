@@ -15,7 +15,7 @@ import pytest
 
 from pipelines.errors import ClusterError
 from services import lifecycle
-from tests.services.conftest import APP, replica_states, serve_spec, stage_context, wait_for
+from tests.services.conftest import APP, MAX_TOKENS_CAP, replica_states, serve_spec, stage_context, wait_for
 from tests.services.load import Load
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
@@ -39,17 +39,18 @@ def greedy(app, prompt: str = "the cat runs") -> str:
 
 
 def test_autoscaling_goes_1_to_2_and_back_with_no_failed_requests(settled_app, record_property):
-    heavy = Load(settled_app.base_url, APP, settled_app.api_key, max_requests=4000, max_seconds=360)
+    # Four clients, twice the target of 2 ongoing requests per replica, asking for the longest answers the app
+    # allows: the same pressure on the autoscaler with a quarter of the requests of 16-token answers, so the new
+    # replica starts beside less proxy and client work (80 s instead of 120 s on 2 cores).
+    heavy = Load(settled_app.base_url, APP, settled_app.api_key, max_requests=4000, max_seconds=360,
+                 max_tokens=MAX_TOKENS_CAP)  # fmt: skip
     timeline = []
     try:
-        for clients in (4, 8):  # twice, then four times the target of 2 ongoing requests per replica
-            heavy.concurrency(clients)
-            deadline = time.monotonic() + (20 if clients < 8 else 300)
-            while time.monotonic() < deadline and replica_states().get("RUNNING", 0) < 2:
-                timeline.append((clients, replica_states()))
-                time.sleep(1)
-            if replica_states().get("RUNNING", 0) >= 2:
-                break
+        heavy.concurrency(4)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and replica_states().get("RUNNING", 0) < 2:
+            timeline.append(replica_states())
+            time.sleep(1)
         assert replica_states().get("RUNNING", 0) == 2, f"never reached 2 replicas: {timeline[-5:]}"
     finally:
         heavy.stop()
@@ -69,7 +70,8 @@ def test_sigkill_of_the_replica_under_load_recovers(settled_app, record_property
     (replica,) = model_replicas()
     victim = psutil.Process(replica["pid"])
     engine_procs = victim.children(recursive=True)
-    load = Load(settled_app.base_url, APP, settled_app.api_key, max_requests=3000, max_seconds=400)
+    load = Load(settled_app.base_url, APP, settled_app.api_key, max_requests=3000, max_seconds=400,
+                max_tokens=MAX_TOKENS_CAP)  # long answers: fewer requests beside the replica that starts
     load.concurrency(2)
     try:
         wait_for(lambda: load.sent >= 5, 60, what="load to flow")
@@ -119,7 +121,8 @@ def test_newer_model_under_the_same_name_rolls_without_failed_requests(settled_a
 
     build_tiny_llama(str(tmp_path / "pretrain-v2" / "model"), layers=3)
     old_ids, old_text = running_ids(), greedy(settled_app)
-    load = Load(settled_app.base_url, APP, settled_app.api_key, max_requests=3000, max_seconds=400)
+    load = Load(settled_app.base_url, APP, settled_app.api_key, max_requests=3000, max_seconds=400,
+                max_tokens=MAX_TOKENS_CAP)  # long answers: fewer requests beside the replica that starts
     load.concurrency(2)
     try:
         ctx = stage_context(str(tmp_path / "run"), serve_spec("pretrain", free_port()), str(tmp_path / "pretrain-v2"))
