@@ -120,7 +120,7 @@ def actor_loss(spec: RLHFStage) -> ActorLoss:
 def engine_setup(spec: RLHFStage, model_uri: str, stops: tuple[int, ...], pad_id: int) -> EngineSetup:
     r = spec.rollout
     vllm_kwargs: dict[str, Any] = {
-        "dtype": "float32", "enforce_eager": r.enforce_eager,
+        "dtype": "bfloat16" if r.use_gpu else "float32", "enforce_eager": r.enforce_eager,  # GPU rollouts in bf16
         "max_model_len": r.max_model_len or spec.max_prompt_len + r.max_new_tokens,
         "gpu_memory_utilization": vllm_memory_fraction(r.gpu_memory_utilization, r.use_gpu),
     }  # fmt: skip
