@@ -6,6 +6,10 @@ Both servers are started by this run and stay up side by side; each concurrency 
 the other, alternating over rounds, so load from other processes on the machine hits both alike. Requests stream
 (TTFT = first token on the wire) with ignore_eos, so both produce the same number of tokens. Without --model a
 small random Llama is built offline. The last line of output is the JSON report.
+
+The llmctl app runs on a private head started as `llmctl cluster up` starts one, so its HTTP goes through Serve's
+HAProxy ingress straight to the replica; RAY_SERVE_ENABLE_HA_PROXY=0 in the environment measures the path through
+Serve's Python proxy instead (the report's "ingress" says which ran).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import shutil
 import socket
@@ -26,6 +31,8 @@ import httpx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from cluster import local  # noqa: E402
 
 MODEL_ID = "bench"
 TARGETS = {"throughput_ratio_min": 0.9, "ttft_p50_ratio_max": 1.2}
@@ -102,7 +109,6 @@ def start_llmctl_app(stage, temp_dir: str):
     """A private Ray head with the llmctl app deployed; returns (head, base_url)."""
     import ray
 
-    from cluster import local
     from services import lifecycle
     from services.app import AppRecord, model_fingerprint
 
@@ -204,9 +210,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--model", help="HF model directory; default: a random Llama built here (hidden 256, 4 layers)")
     parser.add_argument("--levels", default="1,8,32", type=lambda s: [int(x) for x in s.split(",")])
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--requests-per-client", type=int, default=2)
-    parser.add_argument("--min-requests", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--requests-per-client", type=int, default=4)
+    parser.add_argument("--min-requests", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--max-model-len", type=int, default=512)
     parser.add_argument("--kv-cache-mib", type=int, default=256)
     return parser.parse_args()
@@ -214,6 +220,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
     work = tempfile.mkdtemp(prefix="llmctl-bench-")
     from services.app import engine_kwargs
     from tests.services.tiny_model import build_tiny_llama
@@ -238,6 +245,7 @@ def main() -> None:
         "engine": kwargs,
         "device": "cpu",
         "cpus": os.cpu_count(),
+        "ingress": "serve proxy" if os.environ.get(local.SERVE_INGRESS_ENV) == "0" else "haproxy",
         "max_tokens": args.max_tokens,
         "rounds": args.rounds,
         "levels": levels,
@@ -257,8 +265,6 @@ def shutdown(bare: subprocess.Popen | None, head, work: str) -> None:
     if head is not None:
         import ray
         from ray import serve
-
-        from cluster import local
 
         serve.delete(MODEL_ID)  # stops the engine cleanly before the head goes
         ray.shutdown()

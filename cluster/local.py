@@ -22,6 +22,13 @@ from pipelines.errors import ClusterError
 # Serve's ingress and a model replica each take logical CPUs; on small machines Ray needs them overcommitted.
 MIN_LOGICAL_CPUS = 8
 HEAD_ENV = "LLMCTL_RAY_HEAD"
+# Ray Serve reads these where its processes start (the nodes' environment), so a head is started with them.
+# RAY_SERVE_ENABLE_HA_PROXY: HAProxy on each node forwards HTTP straight to the replicas' own HTTP servers, where
+# Serve's Python proxy relays every streamed token through Ray. RAY_SERVE_THROUGHPUT_OPTIMIZED: Ray's documented
+# profile for high request rates (user code on the replica's own event loop, buffered access logs, logs to files
+# only). An environment that sets either to 0 keeps Ray's default.
+SERVE_INGRESS_ENV = "RAY_SERVE_ENABLE_HA_PROXY"
+SERVE_ENV = {SERVE_INGRESS_ENV: "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 
 
 @dataclass(frozen=True)
@@ -130,8 +137,9 @@ def _node_env(temp_dir: str, gcs_address: str) -> dict[str, str]:
     # RAY_AUTH_MODE: Ray turns token authentication on for every new head once ~/.ray/auth_token exists, and any
     # bare `ray.init()` on this machine writes that file. A loopback head would then refuse the Jobs API and the
     # dashboard calls that carry no token. Its dashboard and Jobs API listen on 127.0.0.1 only.
-    return {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PATH": path, HEAD_ENV: temp_dir, "RAY_ADDRESS": gcs_address,
-            "RAY_AUTH_MODE": "disabled"}  # fmt: skip
+    # SERVE_ENV: Serve's HAProxy ingress and throughput profile (see the constant), unless the environment says.
+    return {**SERVE_ENV, **os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PATH": path, HEAD_ENV: temp_dir,
+            "RAY_ADDRESS": gcs_address, "RAY_AUTH_MODE": "disabled"}  # fmt: skip
 
 
 def join(node: WorkerNode) -> WorkerNode:

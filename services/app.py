@@ -1,4 +1,5 @@
-"""Build the Ray Serve application of a serve stage: a vLLM `LLMServer` deployment behind the llmctl OpenAI ingress.
+"""Build the Ray Serve application of a serve stage: one deployment of vLLM `LLMServer` replicas, each its own
+OpenAI HTTP ingress (services.server).
 
 `AppRecord` is everything the build needs, resolved once in the job driver (model location, key digests, the job's
 runtime_env) and stored in the cluster, so `llmctl serve scale` can rebuild the same app from any driver.
@@ -117,7 +118,6 @@ def llm_config_kwargs(record: AppRecord) -> dict[str, Any]:
         "placement_group_config": where["placement_group_config"],
         "deployment_config": deployment,
         "runtime_env": runtime_env(record),
-        "experimental_configs": {"stream_batching_interval_ms": stage.stream_batching_ms},
     }
 
 
@@ -136,36 +136,26 @@ def _code_fingerprint() -> str:
     return _hash([(f, Path(SERVICES_DIR, f).read_bytes().hex()) for f in names])
 
 
-def versions(record: AppRecord) -> tuple[str, str]:
-    """(model server version, ingress version). A change of either restarts (rolls) that deployment's replicas.
+def version(record: AppRecord) -> str:
+    """The deployment's version: a change restarts (rolls) its replicas, which reloads the model.
 
-    Left out of the server version: autoscaling and the route (Serve applies them in place), the proxy address
-    (read only when Serve starts) and what only the ingress uses, so rotating a key does not reload the model.
-    The ingress version covers the server's, since the ingress holds the model card.
+    Left out: autoscaling and the route (Serve applies them in place), the proxy address (read only when Serve
+    starts), what only the job uses, and the keys and limits, which travel as user_config (`Guard.to_config`) and are
+    swapped in place, so rotating a key does not reload the model.
     """
     stage = record.stage.model_dump(
-        exclude={
-            "autoscaling": True,
-            "http": True,
-            "deploy_timeout_s": True,
-            "api_key_env": True,
-            "api_keys": True,
-            "limits": True,
-            "placement": {"ingress_cpus"},
-        }
+        exclude={"autoscaling", "http", "deploy_timeout_s", "probe_requests", "api_key_env", "api_keys", "limits"}
     )
-    server = _hash([stage, record.model_source, record.model_fingerprint, record.runtime_env, _code_fingerprint()])
-    ingress = _hash([server, record.key_digests, record.stage.limits.model_dump(), record.stage.placement.ingress_cpus])
-    return server, ingress
+    return _hash([stage, record.model_source, record.model_fingerprint, record.runtime_env, _code_fingerprint()])
 
 
-def _finalized(app: Any, version: str, env: dict[str, Any]) -> Any:
-    """The application with a content version and exactly `env` as runtime_env.
+def _finalized(app: Any, version: str, env: dict[str, Any], user_config: dict[str, Any]) -> Any:
+    """The application with a content version, exactly `env` as runtime_env, and the guard as user_config.
 
     Serve gives code deployed from Python a random version, so every redeploy would restart every replica (a vLLM
-    reload); a content version turns a rescale into a lightweight update. That only holds if the replica options
-    are identical too, so the runtime_env is pinned as well: by default the builders merge in the *current*
-    driver's runtime_env, which differs between the pipeline job and a later `llmctl serve scale`.
+    reload); a content version turns a rescale or a key rotation into a lightweight update. That only holds if the
+    replica options are identical too, so the runtime_env is pinned as well: by default the builders merge in the
+    *current* driver's runtime_env, which differs between the pipeline job and a later `llmctl serve scale`.
     """
     from ray.serve.deployment import Application
 
@@ -173,30 +163,18 @@ def _finalized(app: Any, version: str, env: dict[str, Any]) -> Any:
     options = dict(deployment.ray_actor_options or {})
     hook = (options.get("runtime_env") or {}).get("worker_process_setup_hook")  # Serve LLM's import warm-up
     options["runtime_env"] = {**env, **({"worker_process_setup_hook": hook} if hook else {})}
-    return Application(deployment.options(version=version, ray_actor_options=options, _internal=True))
+    updated = deployment.options(version=version, ray_actor_options=options, user_config=user_config, _internal=True)
+    return Application(updated)
 
 
 def build_app(record: AppRecord) -> Any:
-    """The Serve application: LLMServer (vLLM) deployment bound into the llmctl OpenAI ingress."""
+    """The Serve application: LLMServer (vLLM) replicas that serve vLLM's OpenAI app behind llmctl's guard."""
     from ray import serve
-    from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
     from ray.serve.llm import LLMConfig, build_llm_deployment
-    from ray.serve.llm.ingress import OpenAiIngress
 
-    from services.ingress import ingress_class
     from services.server import LlmctlServer
 
     config = LLMConfig(**llm_config_kwargs(record))
-    server_version, ingress_version = versions(record)
-    env = runtime_env(record)
-    deployment = build_llm_deployment(config, name_prefix=SERVER_PREFIX, deployment_cls=LlmctlServer)
-    server = _finalized(deployment, server_version, env)
-    options = OpenAiIngress.get_deployment_options([config])
-    options["ray_actor_options"] = {"num_cpus": record.stage.placement.ingress_cpus}
-    options["max_surge_percent"] = 100  # a new ingress is up before the old one stops: no gap for the proxy
-    ingress = serve.deployment(ingress_class(), **options).bind(
-        llm_deployments={record.name: server},
-        model_cards={record.name: to_model_metadata(record.name, config)},
-        guard=guard(record),
-    )
-    return _finalized(ingress, ingress_version, env)
+    # serve.ingress() without an app: the replica builds its ASGI app once the engine runs (__serve_build_asgi_app__)
+    deployment = build_llm_deployment(config, name_prefix=SERVER_PREFIX, deployment_cls=serve.ingress()(LlmctlServer))
+    return _finalized(deployment, version(record), runtime_env(record), guard(record).to_config())

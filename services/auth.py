@@ -62,11 +62,20 @@ class Rejection:
 
 @dataclass(frozen=True)
 class Guard:
-    """What the ingress enforces. Picklable: it is an init argument of the ingress deployment."""
+    """What the ingress enforces: keys, body size and the max_tokens cap."""
 
     key_digests: tuple[str, ...] = ()
     max_request_bytes: int = 1_048_576
     max_tokens: int | None = None
+
+    def to_config(self) -> dict[str, Any]:
+        """Plain JSON, as the replicas receive it (their Serve user_config)."""
+        return {"key_digests": list(self.key_digests), "max_request_bytes": self.max_request_bytes,
+                "max_tokens": self.max_tokens}  # fmt: skip
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Guard:
+        return cls(tuple(config["key_digests"]), config["max_request_bytes"], config["max_tokens"])
 
     @property
     def auth_enabled(self) -> bool:

@@ -1,25 +1,21 @@
-"""The OpenAI ingress of an llmctl app: Ray Serve LLM's `OpenAiIngress` plus auth, request limits, /health and a
-chat page at / and /chat (services.chat_page).
+"""What llmctl adds to vLLM's own OpenAI app inside a model replica: auth, request limits, /health and the chat page.
 
-Checks run in an ASGI middleware that sits outside every other layer, so a request without a valid key or with an
-oversized body is answered (401 / 413) before its body is parsed and long before it reaches a vLLM replica. The
-max_tokens cap needs the parsed body, so it lives in the chat/completions endpoints, still before the engine.
-Imports Ray Serve LLM: load this module only where an app is built or runs.
+The replica serves HTTP itself (services.server), with vLLM's FastAPI app, the same code `vllm serve` runs. In front
+of it sits `GuardMiddleware`, a pure ASGI middleware outside every other layer, so a request without a valid key
+(401) or with an oversized body (413) is answered before its body is parsed and before it reaches the engine. The
+max_tokens cap is applied to the buffered JSON body of the chat and completion routes, still before the engine.
+
+Pure ASGI and Starlette (no Ray, no vLLM import), so it is unit-tested on stand-in apps.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from fastapi import FastAPI, Request
-from ray.llm._internal.serve.core.ingress.ingress import init as init_openai_fastapi
-from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
-from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse
 
 from services import chat_page
 from services.auth import Guard, Rejection
@@ -29,14 +25,15 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-HEALTH_TIMEOUT_S = 10.0
+# The request fields that carry the output length, per route, in the order they take precedence, and the default
+# OpenAI's API applies when none is sent (completions: 16; chat: none, so the cap applies).
+TOKEN_FIELDS: dict[str, tuple[tuple[str, ...], int | None]] = {
+    "/v1/chat/completions": (("max_completion_tokens", "max_tokens"), None),
+    "/v1/completions": (("max_tokens",), 16),
+}
 
-# The guard of this replica. Each Serve replica is its own process with exactly one ingress instance, and the
-# FastAPI app (with this middleware) is frozen at build time, so the constructor hands the guard over here.
-_guard: Guard | None = None
 
-
-def _route_path(scope: Scope) -> str:
+def route_path(scope: Scope) -> str:
     path, root = scope.get("path", "/"), scope.get("root_path", "")
     if root and path.startswith(root):
         path = path[len(root) :]
@@ -84,29 +81,69 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
+def cap_tokens(guard: Guard, path: str, body: bytes) -> bytes | Rejection:
+    """The body with its output length resolved against the cap (unchanged when nothing changes), or a 400.
+
+    Bodies that are not a JSON object, or lengths that are not integers, pass unchanged: the engine's own request
+    validation answers those with its 400."""
+    if path not in TOKEN_FIELDS or guard.max_tokens is None:
+        return body
+    try:
+        request = json.loads(body)
+    except ValueError:
+        return body
+    if not isinstance(request, dict):
+        return body
+    fields, default = TOKEN_FIELDS[path]
+    param = next((f for f in fields if request.get(f) is not None), fields[-1])
+    requested = request.get(param, default)
+    if requested is not None and (not isinstance(requested, int) or isinstance(requested, bool)):
+        return body
+    resolved = guard.resolve_max_tokens(requested, param)
+    if isinstance(resolved, Rejection):
+        return resolved
+    if resolved == request.get(param, default):
+        return body
+    return json.dumps({**request, param: resolved}).encode()
+
+
+def _with_length(scope: Scope, size: int) -> Scope:
+    headers = [(k, v) for k, v in scope.get("headers", []) if k.lower() != b"content-length"]
+    return {**scope, "headers": [*headers, (b"content-length", str(size).encode())]}
+
+
 def _is_page(scope: Scope) -> bool:
     """The chat page loads without a key (it holds none); its API calls carry the key the user types in."""
-    return scope.get("method") == "GET" and _route_path(scope) in chat_page.PATHS
+    return scope.get("method") == "GET" and route_path(scope) in chat_page.PATHS
 
 
 class GuardMiddleware:
-    """Pure ASGI (not BaseHTTPMiddleware) so streamed responses pass through untouched."""
+    """Pure ASGI (not BaseHTTPMiddleware) so streamed responses pass through untouched.
 
-    def __init__(self, app: Callable) -> None:
+    `guard` returns the guard in force: the replica swaps it when the app's keys or limits change (a Serve
+    user_config update), without a restart."""
+
+    def __init__(self, app: Callable, guard: Callable[[], Guard | None]) -> None:
         self.app = app
+        self.guard = guard
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        guard = _guard
+        guard = self.guard()
         if scope["type"] != "http" or guard is None:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        rejection = None if _is_page(scope) else guard.authorize(_route_path(scope), headers.get("authorization"))
+        rejection = None if _is_page(scope) else guard.authorize(route_path(scope), headers.get("authorization"))
         if rejection is None and scope.get("method") in ("POST", "PUT", "PATCH"):
             declared = headers.get("content-length", "")
             rejection = guard.check_size(int(declared)) if declared.isdigit() else None
             if rejection is None:
                 body, rejection = await _read_body(receive, guard)
+                capped = cap_tokens(guard, route_path(scope), body) if rejection is None else body
+                if isinstance(capped, Rejection):
+                    rejection = capped
+                elif capped is not body:
+                    body, scope = capped, _with_length(scope, len(capped))
                 receive = _replay(body, receive)
         if rejection is not None:
             await _reject(send, rejection)
@@ -114,84 +151,25 @@ class GuardMiddleware:
         await self.app(scope, receive, send)
 
 
-def _cap_tokens(guard: Guard, body: Any, fields: tuple[str, ...]) -> Any:
-    """The body with max_tokens resolved against the cap, or a Rejection."""
-    param = next((f for f in fields if getattr(body, f, None) is not None), fields[-1])
-    resolved = guard.resolve_max_tokens(getattr(body, param, None), param)
-    if isinstance(resolved, Rejection):
-        return resolved
-    return body.model_copy(update={param: resolved})
+def install(app: Any, guard: Callable[[], Guard | None], model: str, check_health: Callable[[], Awaitable]) -> None:
+    """Add llmctl's routes and guard to vLLM's FastAPI app (whose middleware stack is already built).
 
+    /health replaces vLLM's empty 200 with one that names the model and answers 503 when the engine is not
+    healthy; the chat page answers at chat_page.PATHS."""
+    app.router.routes = [r for r in app.router.routes if getattr(r, "path", None) != "/health"]
 
-async def _awaited(response: Any) -> Any:
-    return await response
-
-
-class LlmctlIngress(OpenAiIngress):
-    """OpenAiIngress with the guard's max_tokens cap and an engine-backed /health."""
-
-    def __init__(self, llm_deployments: dict, model_cards: dict, *, guard: Guard, **kwargs: Any) -> None:
-        global _guard
-        super().__init__(llm_deployments, model_cards, **kwargs)
-        _guard = guard
-        self._guard = guard
-
-    async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
-        capped = _cap_tokens(self._guard, body, ("max_completion_tokens", "max_tokens"))
-        if isinstance(capped, Rejection):
-            return JSONResponse(capped.body(), status_code=capped.status)
-        return await super().chat(capped, request)
-
-    async def completions(self, body: CompletionRequest, request: Request) -> Response:
-        capped = _cap_tokens(self._guard, body, ("max_tokens",))
-        if isinstance(capped, Rejection):
-            return JSONResponse(capped.body(), status_code=capped.status)
-        return await super().completions(capped, request)
-
-    async def health(self) -> Response:
-        """200 when every model deployment answers its engine health check, 503 otherwise."""
+    async def health() -> JSONResponse:
         try:
-            for handle in self._default_serve_handles.values():
-                await asyncio.wait_for(_awaited(handle.check_health.remote()), HEALTH_TIMEOUT_S)
+            await check_health()
         except Exception as exc:  # a dead engine raises its own error types; all mean "not healthy"
             return JSONResponse({"status": "unhealthy", "error": str(exc)[:500]}, status_code=503)
-        return JSONResponse({"status": "ok", "models": sorted(self._model_cards)})
+        return JSONResponse({"status": "ok", "models": [model]})
 
-    async def chat_page(self, request: Request) -> HTMLResponse:
+    async def page(request: Request) -> HTMLResponse:
         return HTMLResponse(chat_page.render(request.scope.get("root_path", "")))
 
-
-def _get_all(app: FastAPI, paths: tuple[str, ...]) -> Callable:
-    """One handler on several GET paths (FastAPI's route decorators return the function unchanged, so they stack)."""
-
-    def decorate(handler: Callable) -> Callable:
-        for path in paths:
-            handler = app.get(path, include_in_schema=False)(handler)
-        return handler
-
-    return decorate
-
-
-ENDPOINTS: dict[str, Callable[[FastAPI], Callable]] = {
-    "models": lambda app: app.get("/v1/models"),
-    "model_data": lambda app: app.get("/v1/models/{model:path}"),
-    "completions": lambda app: app.post("/v1/completions"),
-    "chat": lambda app: app.post("/v1/chat/completions"),
-    "health": lambda app: app.get("/health"),
-    "chat_page": lambda app: _get_all(app, chat_page.PATHS),
-}
-
-
-async def _openai_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    """FastAPI answers HTTPException (an unknown model's 404) as {"detail": …}; OpenAI clients expect {"error": …}."""
-    kind = {404: "not_found_error", 401: "authentication_error"}.get(exc.status_code, "invalid_request_error")
-    rejection = Rejection(exc.status_code, str(exc.detail), kind)
-    return JSONResponse(rejection.body(), status_code=exc.status_code, headers=getattr(exc, "headers", None))
-
-
-def ingress_class() -> type:
-    """The Serve ingress class: Serve LLM's FastAPI app (error mapping, CORS, request ids) wrapped by the guard."""
-    app = init_openai_fastapi()
-    app.add_exception_handler(StarletteHTTPException, _openai_http_error)
-    app.add_middleware(GuardMiddleware)  # added last, so it runs first
-    return make_fastapi_ingress(LlmctlIngress, endpoint_map=ENDPOINTS, app=app)
+    app.add_api_route("/health", health, methods=["GET"], include_in_schema=False)
+    for path in chat_page.PATHS:
+        app.add_api_route(path, page, methods=["GET"], include_in_schema=False)
+    app.middleware_stack = None  # vLLM built the stack eagerly; Starlette rebuilds it with ours outermost
+    app.add_middleware(GuardMiddleware, guard=guard)

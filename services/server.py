@@ -1,36 +1,32 @@
-"""The model deployment class: Serve LLM's `LLMServer` with streams that send their first tokens at once.
+"""The model replica of an llmctl app: Serve LLM's `LLMServer` (a vLLM engine) that is also the app's HTTP ingress.
 
-LLMServer batches streamed chunks on a fixed clock (every `stream_batching_interval_ms`, 50 ms by default) so fewer
-messages cross Serve's proxy; on its own that delays the first token by up to one interval, which dominates TTFT
-for short prompts. Here the first chunks (a chat stream's role header and first token) go out as they are produced
-and only the rest is batched. Imports Ray Serve LLM: load only where the app is built or runs.
+The replica answers HTTP with vLLM's own OpenAI app (`LLMServer.__serve_build_asgi_app__`, Serve LLM's direct
+streaming), wrapped by services.ingress for keys, limits, /health and the chat page. A request therefore crosses no
+Ray hop between the HTTP server and the engine, and streamed tokens go out as vLLM writes them: behind Serve's
+HAProxy ingress (how llmctl starts its local clusters) the path is the one of `vllm serve` plus HAProxy; behind
+Serve's Python proxy it is one hop, where a separate ingress deployment made two.
+
+Keys and limits arrive as the deployment's user_config, so changing them is a lightweight Serve update that swaps
+the guard in place instead of reloading the model. Imports Ray Serve LLM: load only where the app is built or runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
 from typing import Any
 
-from ray.llm._internal.serve.utils.batcher import Batcher
 from ray.serve.llm.deployment import LLMServer
 
-EAGER_CHUNKS = 2
-
-
-async def first_eager(
-    generator: AsyncGenerator[Any, None], interval_ms: float | None, eager: int = EAGER_CHUNKS
-) -> AsyncGenerator[list[Any], None]:
-    """The first `eager` items one by one as they arrive, then batches of the rest every interval_ms."""
-    for _ in range(eager):
-        try:
-            item = await generator.__anext__()
-        except StopAsyncIteration:
-            return
-        yield [item]
-    async for batch in Batcher(generator, interval_ms=interval_ms).stream():
-        yield batch
+from services import ingress
+from services.auth import Guard
 
 
 class LlmctlServer(LLMServer):
-    def _batch_output_stream(self, generator: AsyncGenerator[Any, None]) -> AsyncGenerator[list[Any], None]:
-        return first_eager(generator, self._get_batch_interval_ms())
+    _guard: Guard | None = None  # set by reconfigure(), which Serve calls before the replica takes requests
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        self._guard = Guard.from_config(user_config)
+
+    async def __serve_build_asgi_app__(self) -> Any:
+        app = await super().__serve_build_asgi_app__()
+        ingress.install(app, guard=lambda: self._guard, model=self._llm_config.model_id, check_health=self.check_health)
+        return app

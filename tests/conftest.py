@@ -28,6 +28,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# A Serve replica that stops (scale-down, rolling update, delete) first waits this long for HAProxy to stop
+# routing to it. Ray's 30 s is meant for HAProxies on many nodes picking up the change; on loopback, where HAProxy
+# is reconfigured within a second, 5 s still gives the rolling-update and autoscaling tests (which fail on any
+# failed request) their margin and saves them 25 s per stopped replica.
+NODE_ENV = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5"}
+
+
 @pytest.fixture(scope="session")
 def ray_head():
     head = local.LocalHead(
@@ -38,7 +45,10 @@ def ray_head():
         temp_dir=f"/tmp/llmctl-test-{os.getpid()}",
         num_cpus=8,
     )
-    local.start(head)
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in NODE_ENV.items():
+            mp.setenv(name, value)
+        local.start(head)
     yield head
     import ray
 
@@ -70,7 +80,7 @@ def two_nodes_env() -> dict[str, str | None]:
 def two_nodes(two_nodes_env):
     root = f"/tmp/llmctl-mn-{os.getpid()}"  # short: Ray's AF_UNIX socket paths under it must stay below 107 bytes
     with pytest.MonkeyPatch.context() as mp:
-        for name, value in two_nodes_env.items():
+        for name, value in {**NODE_ENV, **two_nodes_env}.items():
             if value is None:
                 mp.delenv(name, raising=False)
             else:

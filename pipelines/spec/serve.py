@@ -36,7 +36,7 @@ TYPED_ENGINE_KEYS = {
 
 
 class Autoscaling(Model):
-    """Ray Serve autoscaling of the model replicas (the ingress scales on its own)."""
+    """Ray Serve autoscaling of the model replicas (each replica also answers the app's HTTP requests)."""
 
     min_replicas: int = Field(1, ge=0, description="Fewest model replicas; 0 lets an idle app scale to zero.")
     max_replicas: int = Field(1, ge=1, description="Most model replicas; each holds a full copy of the model.")
@@ -142,9 +142,6 @@ class Placement(Model):
     accelerator_type: str | None = Field(
         None, description="Ray accelerator type the GPU replicas need, e.g. A10G or H100 (GPU only)."
     )
-    ingress_cpus: float = Field(
-        0.5, ge=0, description="Logical CPUs reserved by the OpenAI ingress replica (HTTP parsing, auth, routing)."
-    )
 
     @model_validator(mode="after")
     def _accelerator_needs_gpu(self) -> Placement:
@@ -157,7 +154,7 @@ class Placement(Model):
 
 
 class Http(Model):
-    """Where the application answers. Ray Serve has one HTTP proxy port per cluster."""
+    """Where the application answers: the port of Serve's ingress (HAProxy or Serve's proxy), one per cluster."""
 
     host: str = Field(
         "127.0.0.1", description="Proxy bind address; 0.0.0.0 to accept other machines. Used when Serve starts."
@@ -225,13 +222,6 @@ class ServeStage(StageBase):
         description="Extra replicas allowed during a rolling update, as a percentage of the replica count: "
         "old replicas serve until their replacements are ready. 0 stops old replicas first (needs no spare "
         "GPUs, but queues requests while the new model loads).",
-    )
-    stream_batching_ms: float = Field(
-        50.0,
-        ge=0,
-        description="After the first tokens (sent at once), streamed tokens are grouped and sent every this many "
-        "ms: fewer messages through Serve's proxy, so more throughput at high concurrency, in small bursts. "
-        "0 sends every token on its own.",
     )
     deploy_timeout_s: float = Field(
         1800.0, gt=0, description="How long the stage waits for the application to become healthy."

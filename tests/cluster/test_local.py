@@ -49,3 +49,12 @@ def test_down_stops_every_process_of_its_head_and_only_those(ray_head, tmp_path,
     assert not survivors, [" ".join(p.cmdline()) for p in survivors]
     assert local.dashboard_version(head.dashboard_url, timeout=0.5) is None
     assert local.dashboard_version(ray_head.dashboard_url) is not None, "the other head still runs"
+
+
+def test_heads_serve_http_through_haproxy_unless_told_otherwise(monkeypatch):
+    for name in local.SERVE_ENV:
+        monkeypatch.delenv(name, raising=False)
+    env = local._node_env("/tmp/x", "127.0.0.1:1")
+    assert env[local.SERVE_INGRESS_ENV] == "1" and env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+    monkeypatch.setenv(local.SERVE_INGRESS_ENV, "0")  # a user who wants Serve's Python proxy keeps it
+    assert local._node_env("/tmp/x", "127.0.0.1:1")[local.SERVE_INGRESS_ENV] == "0"

@@ -15,6 +15,7 @@ from types import FunctionType
 import pytest
 import yaml
 
+from cluster import local
 from cluster.jobs import PACKAGES
 from tests.conftest import ROOT
 
@@ -243,6 +244,8 @@ def test_dockerfile_installs_the_project_for_cpu_and_cuda():
     assert "download.pytorch.org/whl/cpu" in runs, "CPU images get torch's CPU build"
     extras = pyproject().split("[project.optional-dependencies]", 1)[1].split("\n[", 1)[0]
     assert {"cpu", "gpu"} <= set(re.findall(r"^(\w+) = \[", extras, re.M)), "each VARIANT is an extra of pyproject"
+    env = " ".join(a for op, a in steps if op == "ENV").split()
+    assert {f"{k}={v}" for k, v in local.SERVE_ENV.items()} <= set(env), "image nodes serve as local heads do"
     ignored = read("docker", "Dockerfile.dockerignore").split()
     assert ".venv" in ignored and "runs" in ignored
 

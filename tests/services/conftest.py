@@ -54,7 +54,7 @@ def serve_spec(model: str, port: int) -> dict:
         },
         # 64 MiB KV cache: the machine is shared; eager mode: no compile step at start.
         "engine": {"max_model_len": 256, "kv_cache_bytes": 64 << 20, "enforce_eager": True},
-        "placement": {"cpus_per_replica": 1, "ingress_cpus": 0.5},
+        "placement": {"cpus_per_replica": 1},
         "http": {"host": "127.0.0.1", "port": port},
         "api_key_env": API_KEY_ENV,
         "limits": {"max_request_bytes": MAX_REQUEST_BYTES, "max_tokens": MAX_TOKENS_CAP},

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from pipelines.errors import ClusterError, SpecError, StageError
 from pipelines.spec.serve import ServeStage
 from services import app, lifecycle
 from services.app import AppRecord
+from services.auth import Guard
 from services.client import usage
 
 
@@ -59,14 +62,25 @@ def test_engine_env_joins_the_job_runtime_env():
 
 def test_versions_roll_only_what_changed():
     base = record()
-    server, ingress = app.versions(base)
+    version = app.version(base)
     rescaled = lifecycle.rescaled(base, {"max_replicas": 4})
-    assert app.versions(rescaled) == (server, ingress)  # a rescale restarts nothing
-    assert app.versions(record(http={"port": 9000})) == (server, ingress)
+    assert app.version(rescaled) == version  # a rescale restarts nothing
+    assert app.version(record(http={"port": 9000})) == version
+    # Keys and limits are the replicas' user_config: swapped in place, the model stays loaded.
     keyed = base.model_copy(update={"key_digests": ("sha256:" + "1" * 64,)})
-    assert app.versions(keyed)[0] == server and app.versions(keyed)[1] != ingress  # new key: ingress only
-    new_model = base.model_copy(update={"model_fingerprint": "f2"})
-    assert app.versions(new_model)[0] != server and app.versions(new_model)[1] != ingress
+    assert app.version(keyed) == version and app.version(record(limits={"max_tokens": 8})) == version
+    assert app.guard(keyed).key_digests == ("sha256:" + "1" * 64,)
+    assert app.version(base.model_copy(update={"model_fingerprint": "f2"})) != version
+    assert app.version(record(engine={"max_model_len": 512})) != version
+
+
+def test_guard_travels_as_user_config_and_back():
+    keyed = record(limits={"max_tokens": 99, "max_request_bytes": 4096}).model_copy(
+        update={"key_digests": ("sha256:" + "2" * 64,)}
+    )
+    guard = app.guard(keyed)
+    config = json.loads(json.dumps(guard.to_config()))  # what Serve stores and hands to reconfigure()
+    assert Guard.from_config(config) == guard and guard.max_tokens == 99 and guard.key_digests == keyed.key_digests
 
 
 def test_scale_changes_and_their_errors():
@@ -168,27 +182,6 @@ def test_remote_job_uses_this_python_only_for_a_local_head():
 
     assert remote._python("http://127.0.0.1:8265") == sys.executable
     assert remote._python("http://10.255.255.1:8265") == "python"
-
-
-def test_streams_send_the_first_chunks_at_once_then_batch():
-    import asyncio
-
-    from services.server import first_eager
-
-    async def tokens():
-        for i in range(6):
-            await asyncio.sleep(0.01)
-            yield i
-
-    async def collect():
-        start, out = asyncio.get_running_loop().time(), []
-        async for batch in first_eager(tokens(), interval_ms=1000):
-            out.append((batch, asyncio.get_running_loop().time() - start))
-        return out
-
-    batches = asyncio.run(collect())
-    assert [b for b, _ in batches] == [[0], [1], [2, 3, 4, 5]]
-    assert batches[0][1] < 0.5 and batches[1][1] < 0.5  # not held for the 1 s batching interval
 
 
 def test_probe_of_an_endpoint_that_does_not_answer_names_the_field_to_skip_it():

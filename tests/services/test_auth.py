@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from pipelines.errors import StageError
@@ -74,10 +76,9 @@ def guarded():
         return JSONResponse({"bytes": len(await request.body())})
 
     app = Starlette(routes=[Route("/v1/echo", echo, methods=["GET", "POST"]), Route("/health", echo)])
-    app.add_middleware(ingress.GuardMiddleware)
-    ingress._guard = Guard(key_digests=(digest(KEY),), max_request_bytes=1000)
-    yield TestClient(app)
-    ingress._guard = None
+    guard = Guard(key_digests=(digest(KEY),), max_request_bytes=1000)
+    app.add_middleware(ingress.GuardMiddleware, guard=lambda: guard)
+    return TestClient(app)
 
 
 def test_guard_rejects_before_the_app(guarded):
@@ -107,3 +108,47 @@ def test_guard_limits_declared_and_chunked_bodies(guarded):
 
     resp = guarded.post("/v1/echo", content=chunks(), headers=headers)
     assert resp.status_code == 413 and "limit is 1000" in resp.json()["error"]["message"]
+
+
+def test_max_tokens_cap_on_raw_bodies():
+    from services.ingress import cap_tokens
+
+    guard = Guard(max_tokens=64)
+    chat, completions = "/v1/chat/completions", "/v1/completions"
+    assert json.loads(cap_tokens(guard, chat, b'{"messages": []}')) == {"messages": [], "max_tokens": 64}
+    # max_completion_tokens wins over max_tokens, as in OpenAI's API, and is the one checked.
+    over = cap_tokens(guard, chat, b'{"max_completion_tokens": 65, "max_tokens": 8}')
+    assert over == Rejection(400, "max_completion_tokens is 65; this endpoint allows at most 64.",
+                             param="max_completion_tokens")  # fmt: skip
+    within = b'{"prompt": "x", "max_tokens": 10}'
+    assert cap_tokens(guard, completions, within) is within  # nothing to change: the very bytes pass on
+    assert cap_tokens(guard, completions, b'{"prompt": "x"}') == b'{"prompt": "x"}'  # OpenAI's default of 16
+    assert cap_tokens(Guard(max_tokens=8), completions, b'{"prompt": "x"}').status == 400  # ... which is over 8
+    # Not ours to judge: the engine's validation answers these with its own 400.
+    for body in (b'{"prompt": ', b'[1, 2]', b'{"max_tokens": "many"}', b'{"max_tokens": true}'):
+        assert cap_tokens(guard, completions, body) is body
+    assert cap_tokens(guard, "/v1/models", b"{}") == b"{}" and cap_tokens(Guard(), chat, b"{}") == b"{}"
+
+
+def test_guard_hands_the_capped_body_on_with_its_new_length():
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from services import ingress
+
+    async def echo(request: Request) -> JSONResponse:
+        body = await request.body()
+        return JSONResponse({"json": json.loads(body), "length": int(request.headers["content-length"])})
+
+    app = Starlette(routes=[Route("/v1/chat/completions", echo, methods=["POST"])])
+    guard = Guard(max_tokens=32)
+    app.add_middleware(ingress.GuardMiddleware, guard=lambda: guard)
+    client = TestClient(app)
+    reply = client.post("/v1/chat/completions", json={"messages": []}).json()
+    assert reply["json"] == {"messages": [], "max_tokens": 32}
+    assert reply["length"] == len(json.dumps(reply["json"]).encode())
+    refused = client.post("/v1/chat/completions", json={"messages": [], "max_tokens": 33})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "max_tokens"

@@ -43,16 +43,13 @@ def test_guard_opens_the_page_but_not_the_api():
 
     routes = [Route(p, page, methods=["GET", "POST"]) for p in chat_page.PATHS] + [Route("/v1/models", models)]
     app = Starlette(routes=routes)
-    app.add_middleware(ingress.GuardMiddleware)
-    ingress._guard = Guard(key_digests=(digest(KEY),))
-    try:
-        client = TestClient(app)
-        assert [client.get(p).status_code for p in chat_page.PATHS] == [200, 200]
-        assert client.post("/chat").status_code == 401  # only reading the page is open
-        assert client.get("/v1/models").status_code == 401
-        assert client.get("/v1/models", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
-    finally:
-        ingress._guard = None
+    guard = Guard(key_digests=(digest(KEY),))
+    app.add_middleware(ingress.GuardMiddleware, guard=lambda: guard)
+    client = TestClient(app)
+    assert [client.get(p).status_code for p in chat_page.PATHS] == [200, 200]
+    assert client.post("/chat").status_code == 401  # only reading the page is open
+    assert client.get("/v1/models").status_code == 401
+    assert client.get("/v1/models", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
 
 
 # ---- in the browser, against the deployed app ------------------------------------------------------------------

@@ -22,7 +22,6 @@ STATUS = {
             "replicas": {"RUNNING": 1},
             "autoscaling": {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 4.0},
         },
-        "LlmctlIngress": {"status": "HEALTHY", "replicas": {"RUNNING": 1}, "autoscaling": {}},
     },
 }
 
