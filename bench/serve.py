@@ -185,6 +185,9 @@ def compare(servers: dict[str, str], args, texts: list[str]) -> dict:
         rounds: dict[str, list[dict]] = {name: [] for name in servers}
         for _ in range(args.rounds):
             for name, url in servers.items():
+                # vLLM's workers keep polling for work for a second after their last batch (shm_broadcast's
+                # busy loop), on the same core as the other server's worker: let the previous one go idle first.
+                time.sleep(args.settle_s)
                 rounds[name].append(asyncio.run(run_level(url, level, requests, args.max_tokens, texts)))
         bare, app = merge(rounds["bare_vllm"]), merge(rounds["llmctl_serve"])
         report[str(level)] = {
@@ -213,6 +216,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--requests-per-client", type=int, default=4)
     parser.add_argument("--min-requests", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--settle-s", type=float, default=2.0, help="pause before each measurement")
     parser.add_argument("--max-model-len", type=int, default=512)
     parser.add_argument("--kv-cache-mib", type=int, default=256)
     return parser.parse_args()
