@@ -156,3 +156,37 @@ def test_check_causal_lm_names_the_field_and_the_fix(tmp_path):
         check_causal_lm(str(tmp_path), "stages.d.teacher", "to distil")
     (tmp_path / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
     check_causal_lm(str(tmp_path), "stages.d.teacher", "to distil")
+
+
+def test_metrics_reach_ray_train_at_most_once_per_report_interval_and_every_log_step_elsewhere(monkeypatch):
+    """Ray Train takes one report per worker per controller poll and blocks the training thread on a second one;
+    TensorBoard and the progress lines must still see every log step, and checkpoints always report."""
+    from types import SimpleNamespace
+
+    from jobs.train import loop as loop_module
+
+    calls: list[tuple[str, int]] = []
+    train = loop_module.TrainLoop.__new__(loop_module.TrainLoop)  # the step logic only: no engine, no Ray Train
+    train.job = SimpleNamespace(schedule=SimpleNamespace(log_every=1, eval_every=10**9, checkpoint_every=5))
+    train.state = SimpleNamespace(step=0)
+    train.world, train.last_report, train.step_clock = 1, float("-inf"), 0.0
+    train.train_metrics = lambda: {"loss": 1.0}
+    for name in ("log_metrics", "checkpoint"):
+        monkeypatch.setattr(train, name, lambda metrics, name=name: calls.append((name, metrics["step"])))
+
+    def report(metrics: dict) -> None:
+        calls.append(("report", metrics["step"]))
+        train.last_report = 1.0
+
+    monkeypatch.setattr(train, "report", report)
+    monkeypatch.setattr(loop_module.time, "monotonic", lambda: 2.0)  # 1 s after the first report
+    for step in range(1, 7):
+        train.state.step = step
+        train.after_step()
+    assert [s for name, s in calls if name == "log_metrics"] == [1, 2, 3, 4, 6]  # step 5 is the checkpoint's
+    assert [s for name, s in calls if name == "checkpoint"] == [5]
+    assert [s for name, s in calls if name == "report"] == [1], "reports within the interval would block training"
+    monkeypatch.setattr(loop_module, "REPORT_INTERVAL_S", 0.5)
+    train.state.step = 7
+    train.after_step()
+    assert calls[-1] == ("report", 7)
