@@ -13,8 +13,9 @@ separate worker groups make possible.
 
 Reported per side: steps/s over the training steps (start-up excluded: worker groups and model loading for llmctl,
 trainer construction for TRL), mean reward of the first and of the last `--window` steps, and wall time including
-start-up. `ratio` = llmctl steps/s ÷ TRL steps/s, off-policy (`ratio_on_policy`: the on-policy run's). Target:
->= 1.5 with a last-steps reward at least TRL's.
+start-up. `ratio` = llmctl steps/s ÷ TRL steps/s, off-policy (`ratio_on_policy`: the on-policy run's), the median
+over `--rounds` rounds, each of which runs the three back to back (the machine's speed drifts over minutes, so a
+ratio is taken within a round). Target: >= 1.5 with a last-steps reward at least TRL's.
 
 Usage: .venv/bin/python -m bench.rlhf [--steps 30] [--prompts 4] [--samples 4] [--address HOST:PORT]
 Needs TRL (`pip install -e ".[bench]"`). Without --address it starts a private Ray head and stops it afterwards.
@@ -47,7 +48,8 @@ PHASES = ("generate_s", "score_s", "update_s", "sync_s")  # llmctl's mean second
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=30, help="optimizer steps of each side (K)")
+    p.add_argument("--steps", type=int, default=40, help="optimizer steps of each side (K)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of TRL, llmctl on- and off-policy; medians reported")
     p.add_argument("--prompts", type=int, default=4, help="prompts per step")
     p.add_argument("--samples", type=int, default=4, help="answers per prompt (the GRPO group)")
     p.add_argument("--max-new-tokens", type=int, default=24)
@@ -92,9 +94,12 @@ def chat_model(work: str) -> tuple[str, str]:
 
 
 def first_last(rewards_per_step: list[float], window: int) -> dict[str, float]:
+    """Mean reward of the first and the last `window` steps, and the standard error of the last (over its steps)."""
+    last = rewards_per_step[-window:]
     return {
         "reward_first": round(statistics.fmean(rewards_per_step[:window]), 4),
-        "reward_last": round(statistics.fmean(rewards_per_step[-window:]), 4),
+        "reward_last": round(statistics.fmean(last), 4),
+        "reward_last_se": round(statistics.stdev(last) / len(last) ** 0.5, 4) if len(last) > 1 else None,
     }
 
 
@@ -205,6 +210,29 @@ def run_trl(args: argparse.Namespace, model: str, prompts: str, work: str) -> di
     }  # fmt: skip
 
 
+def sides(args: argparse.Namespace, model: str, prompts: str, work: str) -> dict[str, dict[str, Any]]:
+    """One round: TRL, llmctl on-policy, llmctl off-policy, back to back."""
+    out = {"trl": run_trl(args, model, prompts, work)}
+    out["llmctl_on_policy"] = run_llmctl(args, model, prompts, work, off_policy=0)
+    out["llmctl"] = run_llmctl(args, model, prompts, work, off_policy=1)
+    return out
+
+
+def combine(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """The median round of each side (by steps/s), each side's steps/s per round, and the per-round ratios' median:
+    the sides of one round run minutes apart, rounds further apart, so ratios within a round are the fairer ones."""
+    result: dict[str, Any] = {}
+    for side in rounds[0]:
+        runs = sorted((r[side] for r in rounds), key=lambda run: run["steps_per_s"])
+        result[side] = {**runs[len(runs) // 2], "steps_per_s_rounds": [r[side]["steps_per_s"] for r in rounds]}
+    for key, side in (("ratio", "llmctl"), ("ratio_on_policy", "llmctl_on_policy")):
+        ratios = [r[side]["steps_per_s"] / r["trl"]["steps_per_s"] for r in rounds]
+        result[f"{key}_rounds"] = [round(x, 3) for x in ratios]
+        result[key] = round(statistics.median(ratios), 3)
+    result["reward_at_least_trl"] = result["llmctl"]["reward_last"] >= result["trl"]["reward_last"]
+    return result
+
+
 def main() -> None:
     args = parse_args()
     started = time.time()
@@ -215,18 +243,15 @@ def main() -> None:
             result: dict[str, Any] = {
                 "steps": args.steps, "prompts_per_step": args.prompts, "samples_per_prompt": args.samples,
                 "max_new_tokens": args.max_new_tokens, "reward": "target_length(words=1, per_word=0.1)",
-                "device": "cpu",
+                "device": "cpu", "rounds": args.rounds,
             }  # fmt: skip
-            result["trl"] = run_trl(args, model, prompts, work)
-            print(json.dumps({"trl": result["trl"]}), flush=True)  # kept should the rest fail
             cluster.ensure()
-            result["llmctl_on_policy"] = run_llmctl(args, model, prompts, work, off_policy=0)
-            print(json.dumps({"llmctl_on_policy": result["llmctl_on_policy"]}), flush=True)
-            result["llmctl"] = run_llmctl(args, model, prompts, work, off_policy=1)
-            trl = result["trl"]
-            result["ratio"] = round(result["llmctl"]["steps_per_s"] / trl["steps_per_s"], 3)
-            result["ratio_on_policy"] = round(result["llmctl_on_policy"]["steps_per_s"] / trl["steps_per_s"], 3)
-            result["reward_at_least_trl"] = result["llmctl"]["reward_last"] >= trl["reward_last"]
+            rounds = []
+            for i in range(args.rounds):
+                os.makedirs(os.path.join(work, f"round-{i}"))
+                rounds.append(sides(args, model, prompts, os.path.join(work, f"round-{i}")))
+                print(json.dumps({f"round_{i}": rounds[-1]}), flush=True)  # kept should a later round fail
+            result.update(combine(rounds))
             result["bench_wall_s"] = round(time.time() - started, 1)
     finally:
         cluster.close()
