@@ -22,7 +22,6 @@ import json
 import math
 import os
 import random
-import socket
 import statistics
 import sys
 import tempfile
@@ -257,12 +256,6 @@ def quality(args: argparse.Namespace, data: str, tok: str, work: str, tokenizer_
 # --- main ----------------------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Cluster:
     """The Ray cluster the stages run on: `--address`, or a private head on free ports started on first use."""
 
@@ -276,7 +269,7 @@ class Cluster:
         if ray.is_initialized():
             return
         if self.address is None:
-            ports = {name: free_port() for name in ("port", "dashboard_port", "client_port", "agent_port")}
+            ports = {name: local.free_port() for name in ("port", "dashboard_port", "client_port", "agent_port")}
             self.head = local.start(local.LocalHead(**ports, temp_dir=f"/tmp/llmctl-bench-{os.getpid()}"))
         ray.init(address=self.address or self.head.gcs_address, log_to_driver=False)
 

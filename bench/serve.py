@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,12 +35,6 @@ from cluster import local  # noqa: E402
 
 MODEL_ID = "bench"
 TARGETS = {"throughput_ratio_min": 0.9, "ttft_p50_ratio_max": 1.2}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def prompts(count: int = 32) -> list[str]:
@@ -113,8 +106,8 @@ def start_llmctl_app(stage, temp_dir: str):
     from services.app import AppRecord, model_fingerprint
 
     head = local.LocalHead(
-        port=free_port(), dashboard_port=free_port(), client_port=free_port(), agent_port=free_port(),
-        temp_dir=temp_dir, num_cpus=8,
+        **{name: local.free_port() for name in ("port", "dashboard_port", "client_port", "agent_port")},
+        temp_dir=temp_dir, num_cpus=8, env=local.own_serve_ports(),  # beside a `llmctl cluster up` head
     )  # fmt: skip
     local.start(head)
     ray.init(address=head.gcs_address, log_to_driver=False)
@@ -230,9 +223,9 @@ def main() -> None:
     from tests.services.tiny_model import build_tiny_llama
 
     model_dir = args.model or build_tiny_llama(os.path.join(work, "model"), hidden=256, layers=4)
-    stage = bench_stage(model_dir, free_port(), args.max_model_len, args.kv_cache_mib << 20)
+    stage = bench_stage(model_dir, local.free_port(), args.max_model_len, args.kv_cache_mib << 20)
     kwargs = engine_kwargs(stage)
-    bare_port, bare, head = free_port(), None, None
+    bare_port, bare, head = local.free_port(), None, None
     try:
         bare = start_bare_vllm(model_dir, kwargs, bare_port, os.path.join(work, "vllm.log"))
         head, app_url = start_llmctl_app(stage, os.path.join(work, "ray"))

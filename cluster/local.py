@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -29,6 +30,9 @@ HEAD_ENV = "LLMCTL_RAY_HEAD"
 # only). An environment that sets either to 0 keeps Ray's default.
 SERVE_INGRESS_ENV = "RAY_SERVE_ENABLE_HA_PROXY"
 SERVE_ENV = {SERVE_INGRESS_ENV: "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+# Besides the app's port, a node's HAProxy binds a stats and a Prometheus port on every interface (Ray's defaults
+# 8404 and 9101), and refuses to start when another process holds them.
+HAPROXY_PORT_ENV = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,7 @@ class LocalHead:
     resources: dict[str, float] | None = None  # custom resources (`ray start --resources`)
     labels: dict[str, str] | None = None  # node labels that tasks and actors select with `label_selector`
     system_config: dict[str, Any] | None = None  # Ray's internal settings for the cluster (`--system-config`)
+    env: dict[str, str] | None = None  # extra environment of the node's processes (settings Ray reads at start)
 
     @property
     def dashboard_url(self) -> str:
@@ -73,6 +78,20 @@ class WorkerNode:
     node_ip: str | None = "127.0.0.1"
     resources: dict[str, float] | None = None
     labels: dict[str, str] | None = None
+    env: dict[str, str] | None = None
+
+
+def free_port() -> int:
+    """A TCP port that is free on this machine now (heads and nodes that share one machine need their own)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def own_serve_ports() -> dict[str, str]:
+    """Node environment giving the node's HAProxy free stats and Prometheus ports, for a node that shares its
+    machine with other Ray nodes (tests, the multi-node harness); a lone head keeps Ray's defaults."""
+    return {name: str(free_port()) for name in HAPROXY_PORT_ENV}
 
 
 def dashboard_version(url: str, timeout: float = 2.0) -> dict | None:
@@ -105,7 +124,7 @@ def start(head: LocalHead = LocalHead(), timeout: float = 120.0) -> LocalHead:
         *_node_args(head.node_ip, head.resources, head.labels),
         *([f"--system-config={json.dumps(head.system_config)}"] if head.system_config else []),
     ]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=_node_env(head.temp_dir, head.gcs_address))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_node_env(head.temp_dir, head.gcs_address, head.env))
     if proc.returncode != 0:
         raise ClusterError(
             f"could not start the local Ray head (exit {proc.returncode}):\n{proc.stderr.strip()[-2000:]}\n"
@@ -129,7 +148,7 @@ def _node_args(node_ip: str | None, resources: dict[str, float] | None, labels: 
     return args
 
 
-def _node_env(temp_dir: str, gcs_address: str) -> dict[str, str]:
+def _node_env(temp_dir: str, gcs_address: str, extra: dict[str, str] | None = None) -> dict[str, str]:
     # Job entrypoints run `python` from the node's PATH: make it this interpreter's.
     path = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
     # HEAD_ENV marks the processes of this node that keep their environment (helpers that outlive a worker).
@@ -138,8 +157,8 @@ def _node_env(temp_dir: str, gcs_address: str) -> dict[str, str]:
     # bare `ray.init()` on this machine writes that file. A loopback head would then refuse the Jobs API and the
     # dashboard calls that carry no token. Its dashboard and Jobs API listen on 127.0.0.1 only.
     # SERVE_ENV: Serve's HAProxy ingress and throughput profile (see the constant), unless the environment says.
-    return {**SERVE_ENV, **os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PATH": path, HEAD_ENV: temp_dir,
-            "RAY_ADDRESS": gcs_address, "RAY_AUTH_MODE": "disabled"}  # fmt: skip
+    return {**SERVE_ENV, **os.environ, **(extra or {}), "RAY_USAGE_STATS_ENABLED": "0", "PATH": path,
+            HEAD_ENV: temp_dir, "RAY_ADDRESS": gcs_address, "RAY_AUTH_MODE": "disabled"}  # fmt: skip
 
 
 def join(node: WorkerNode) -> WorkerNode:
@@ -152,7 +171,7 @@ def join(node: WorkerNode) -> WorkerNode:
         "--disable-usage-stats",
         *_node_args(node.node_ip, node.resources, node.labels),
     ]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=_node_env(node.temp_dir, node.gcs_address))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_node_env(node.temp_dir, node.gcs_address, node.env))
     if proc.returncode != 0:
         raise ClusterError(
             f"could not start a Ray worker node joining {node.gcs_address} (exit {proc.returncode}):\n"

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 import time
 import urllib.error
@@ -61,27 +60,23 @@ class MultiNode:
         return cls(data["root"], local.LocalHead(**data["head"]), workers)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def plan(root: str, workers: int = 1, head_cpus: int = 4, worker_cpus: int = 4) -> MultiNode:
     """Ports, directories, resources and labels of a cluster under `root` (nothing started)."""
     head = local.LocalHead(
-        port=free_port(), dashboard_port=free_port(), client_port=free_port(), agent_port=free_port(),
+        **{name: local.free_port() for name in ("port", "dashboard_port", "client_port", "agent_port")},
         temp_dir=os.path.join(root, "head"), num_cpus=head_cpus, node_ip="127.0.0.1",
         resources={HEAD_RESOURCE: 1}, labels={ROLE_LABEL: "head"}, system_config=FAST_FAILURE_DETECTION,
+        env=local.own_serve_ports(),
     )  # fmt: skip
     nodes = tuple(
         local.WorkerNode(
             gcs_address=head.gcs_address,
             temp_dir=os.path.join(root, f"w{i}"),
-            agent_port=free_port(),
+            agent_port=local.free_port(),
             num_cpus=worker_cpus,
             resources={WORKER_RESOURCE.format(i): 1},
             labels={ROLE_LABEL: "worker"},
+            env=local.own_serve_ports(),
         )
         for i in range(workers)
     )
@@ -127,8 +122,9 @@ def add_worker(cluster: MultiNode, cpus: int = 4, timeout: float = 120.0) -> Mul
     index = next(i for i in range(1000) if not os.path.exists(os.path.join(cluster.root, f"w{i}")))
     resource = WORKER_RESOURCE.format(index)
     node = local.WorkerNode(
-        gcs_address=cluster.gcs_address, temp_dir=os.path.join(cluster.root, f"w{index}"), agent_port=free_port(),
-        num_cpus=cpus, resources={resource: 1}, labels={ROLE_LABEL: "worker"},
+        gcs_address=cluster.gcs_address, temp_dir=os.path.join(cluster.root, f"w{index}"),
+        agent_port=local.free_port(), num_cpus=cpus, resources={resource: 1}, labels={ROLE_LABEL: "worker"},
+        env=local.own_serve_ports(),
     )  # fmt: skip
     local.join(node)
     deadline = time.monotonic() + timeout

@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import sys
 
-from cluster import multinode, storage
+from cluster import local, multinode, storage
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,7 +39,7 @@ def main(extra: list[str]) -> int:
         if not os.path.exists(os.path.join(ROOT, needed)):
             print(f"error: {needed} is missing; run `make demo-data` first", file=sys.stderr)
             return 1
-    port = multinode.free_port()
+    port = local.free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
     # Both sides find these through the standard AWS chain; only the endpoint travels with the job.

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import sys
 
 import pytest
@@ -21,11 +20,7 @@ if ROOT not in sys.path:
 from cluster import local, multinode  # noqa: E402
 from pipelines.errors import ClusterError  # noqa: E402
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+free_port = local.free_port  # tests import it from here
 
 
 # A Serve replica that stops (scale-down, rolling update, delete) first waits this long for HAProxy to stop
@@ -44,11 +39,9 @@ def ray_head():
         agent_port=free_port(),
         temp_dir=f"/tmp/llmctl-test-{os.getpid()}",
         num_cpus=8,
+        env={**NODE_ENV, **local.own_serve_ports()},  # the two-node cluster's HAProxies run beside this one's
     )
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in NODE_ENV.items():
-            mp.setenv(name, value)
-        local.start(head)
+    local.start(head)
     yield head
     import ray
 

@@ -287,3 +287,16 @@ def test_spread_strategy_puts_worker_group_ranks_on_different_nodes(two_nodes):
     placed = json.loads(out.stdout.strip().splitlines()[-1])
     assert set(placed["group_nodes"]) == nodes, "one RLHF worker-group rank per node"
     assert placed["group_sum"] == [2.0, 2.0]
+
+
+def test_every_node_of_the_harness_gets_its_own_haproxy_ports(tmp_path):
+    """Each node's HAProxy binds a stats and a Prometheus port on every interface; on one machine, nodes (and the
+    test session's own head) sharing them would leave all but the first HAProxy unable to start."""
+    from cluster import local
+
+    cluster = multinode.plan(str(tmp_path), workers=2)
+    ports = [node.env[name] for node in (cluster.head, *cluster.workers) for name in local.HAPROXY_PORT_ENV]
+    assert len(ports) == 6 and len(set(ports)) == 6
+    assert multinode.MultiNode.from_json(json.loads(json.dumps(cluster.to_json()))) == cluster  # kept in cluster.json
+    node_env = local._node_env("/tmp/x", "127.0.0.1:1", cluster.head.env)
+    assert all(node_env[name] == cluster.head.env[name] for name in local.HAPROXY_PORT_ENV)
