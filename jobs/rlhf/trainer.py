@@ -6,7 +6,10 @@
 With `rollout.off_policy_steps: 1` the engines sample the next step's answers while this step scores and trains
 (the way OpenRLHF's async mode and veRL's one-step off-policy trainer overlap them): those answers come from the
 weights one update behind. Calls to an engine run in the order they were sent, so the sync queued after an update
-lands before the next rollout is sampled and the lag never grows past one step.
+lands before the next rollout is sampled and the lag never grows past one step. While the groups train, the driver
+also collects those answers and sends them to the roles that do not train (reference log-probs, the reward), so
+the next step starts with them scored; the critic's values and the actor's old log-probs wait for the updated
+weights.
 
 `GRPOTrainer` and `PPOTrainer` differ only in `advantages` (and PPO's critic). Checkpoints (actor and critic
 DeepSpeed state plus the driver's position) go to `<stage>/_state/checkpoints/step_N/`, committed by
@@ -58,6 +61,7 @@ class Rollout:
     prompts: list[Prompt]  # one per sample (a prompt repeated num_samples times, consecutively)
     completions: list[str]
     tensors: dict[str, Any]  # input_ids, attention_mask, mask, then scores, ref_logp, values, advantages ...
+    frozen: dict[str, Any] = field(default_factory=dict)  # pending calls of the roles that do not train
 
 
 @dataclass
@@ -82,6 +86,7 @@ class RLHFTrainer:
         self.spec, self.roles, self.stream, self.decode, self.pad_id = spec, roles, stream, decode, pad_id
         self.state_uri, self.log = state_uri, log
         self.ahead: Sampling | None = None  # the next step's answers, sampled during this step (off-policy mode)
+        self.ahead_rollout: Rollout | None = None  # ... once collected (and sent to the frozen roles)
         self.pending_sync: tuple[Any, Any] | None = None  # (state dict, engine load) calls of an unfinished sync
         self.progress = Progress()
         self.resumed_from = 0
@@ -133,28 +138,42 @@ class RLHFTrainer:
 
     def generate(self) -> Rollout:
         """This step's answers: the ones sampled ahead during the previous step, or sampled now."""
+        if self.ahead_rollout is not None:
+            rollout, self.ahead_rollout = self.ahead_rollout, None
+            return rollout
         sampling, self.ahead = self.ahead or self.sample(), None
+        return self.collect(sampling)
+
+    def collect(self, sampling: Sampling) -> Rollout:
+        """The sampled answers as a rollout, already sent to the frozen roles for scoring."""
         answers = sampling.call.get()["response_ids"]
         completions = [self.decode(a) for a in answers]
         tensors = assemble([p.ids for p in sampling.prompts], answers, self.pad_id)
-        return Rollout(sampling.prompts, completions, tensors)
+        rollout = Rollout(sampling.prompts, completions, tensors)
+        self.score_frozen(rollout)
+        return rollout
 
-    def score(self, rollout: Rollout) -> None:
-        """Reward, reference log-probs and (PPO) values and old log-probs, each group working at once."""
+    def score_frozen(self, rollout: Rollout) -> None:
+        """Start what the weights being trained do not change: reference log-probs and the reward."""
         import torch
 
         batch = rollout.tensors
-        pending = {"ref_logp": self.roles.reference.log_probs.remote(batch)}
-        if self.roles.critic is not None:
-            pending["values"] = self.roles.critic.values.remote(batch)
-        if self.needs_old_logps():
-            pending["old_logp"] = self.roles.actor.log_probs.remote(batch)
+        rollout.frozen["ref_logp"] = self.roles.reference.log_probs.remote(batch)
         if isinstance(self.roles.reward, FunctionReward):
             scores = self.roles.reward.score([p.text for p in rollout.prompts], rollout.completions)
             batch["scores"] = torch.tensor(scores, dtype=torch.float32)
         else:
             texts = {"prompt_messages": [p.messages for p in rollout.prompts], "completions": rollout.completions}
-            pending["scores"] = self.roles.reward.score.remote(texts)
+            rollout.frozen["scores"] = self.roles.reward.score.remote(texts)
+
+    def score(self, rollout: Rollout) -> None:
+        """Reward, reference log-probs and (PPO) values and old log-probs, each group working at once."""
+        batch = rollout.tensors
+        pending = dict(rollout.frozen)
+        if self.roles.critic is not None:
+            pending["values"] = self.roles.critic.values.remote(batch)
+        if self.needs_old_logps():
+            pending["old_logp"] = self.roles.actor.log_probs.remote(batch)
         for key, call in pending.items():
             batch[key] = call.get()[key]
 
@@ -171,6 +190,8 @@ class RLHFTrainer:
         pending = [self.roles.actor.update.remote(batch, epochs=self.spec.epochs)]
         if self.roles.critic is not None:
             pending.append(self.roles.critic.update.remote(batch, epochs=self.spec.epochs))
+        if self.ahead is not None:  # off-policy: the next answers and their frozen scores, while the groups train
+            self.ahead_rollout, self.ahead = self.collect(self.ahead), None
         metrics: dict[str, Any] = {}
         for call in pending:
             metrics.update(call.get())
@@ -184,9 +205,14 @@ class RLHFTrainer:
         self.finish_sync()  # off-policy: long done, it ran before the rollout this step trained on
         state = self.roles.actor.state_dict.remote()  # every rank takes part (ZeRO-3 gathers); rank 0 answers
         self.pending_sync = (state, self.roles.engines.load_weights.remote(state.rank_zero_ref()))
-        if self.ahead is None:
+        if not self.sampled_ahead:
             self.finish_sync()
         return time.perf_counter() - start
+
+    @property
+    def sampled_ahead(self) -> bool:
+        """Whether the next step's answers are on their way or here (off-policy mode, all but the last step)."""
+        return self.ahead is not None or self.ahead_rollout is not None
 
     def finish_sync(self) -> None:
         if self.pending_sync is not None:
@@ -212,7 +238,7 @@ class RLHFTrainer:
     def after_step(self, metrics: dict[str, Any]) -> None:
         self.progress.step += 1
         # Prompts sampled ahead are not trained on yet: a run resumed from here samples them again.
-        self.progress.prompt_position = self.stream.position - (self.spec.prompts_per_step if self.ahead else 0)
+        self.progress.prompt_position = self.stream.position - (self.spec.prompts_per_step if self.sampled_ahead else 0)
         metrics = {"step": self.progress.step, **{k: round(float(v), 6) for k, v in metrics.items()}}
         self.progress.history.append(metrics)
         self.tensorboard.log(self.progress.step, metrics)
