@@ -128,17 +128,13 @@ class TrainableWorker(ModelWorker):
     """A role trained with DeepSpeed: the engine is built in `setup`, saved and restored with the checkpoints."""
 
     def build_engine(self, model: Any) -> None:
-        import deepspeed
-
+        from jobs.train.deepspeed_config import start_engine
         from jobs.train.optim import build_optimizer, scheduler_factory
 
         cfg = self.config
         model.config.use_cache = False
         optimizer = build_optimizer(model, cfg.optim, offload=cfg.offload_optimizer)
-        self.model, _, _, _ = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=scheduler_factory(cfg.optim, cfg.total_steps),
-            config=cfg.deepspeed,
-        )  # fmt: skip
+        self.model = start_engine(model, optimizer, scheduler_factory(cfg.optim, cfg.total_steps), cfg.deepspeed)
 
     def train_epochs(self, batch: dict[str, Any], epochs: int, loss_fn: Any) -> dict[str, float]:
         """`epochs` passes over this rank's slice, one optimizer step per pass (DeepSpeed accumulates the

@@ -88,25 +88,14 @@ class TrainLoop:
     # --- set-up -------------------------------------------------------------------------------------------
 
     def build_engine(self) -> Any:
-        import deepspeed
-
+        from jobs.train.deepspeed_config import start_engine
         from jobs.train.optim import build_optimizer, scheduler_factory
 
         job = self.job
         model = job.model.build(seed=job.schedule.seed)
         model.config.use_cache = False
         optimizer = build_optimizer(model, job.optim, offload=job.offload_optimizer)
-        engine, _, _, _ = deepspeed.initialize(
-            model=model,
-            optimizer=optimizer,
-            lr_scheduler=scheduler_factory(job.optim, job.schedule.steps),
-            config=job.deepspeed,
-        )
-        if engine.dp_world_size == 1 and job.zero_stage == 0:
-            # One data-parallel rank has nothing to average, yet DeepSpeed still flattens every gradient into a
-            # buffer, all-reduces it over a group of one and copies it back: ~4 % of a tiny model's step on CPU.
-            engine.enable_backward_allreduce = False
-        return engine
+        return start_engine(model, optimizer, scheduler_factory(job.optim, job.schedule.steps), job.deepspeed)
 
     def resume(self) -> None:
         state = checkpoint.restore(self.engine)
