@@ -15,7 +15,8 @@ Reported per side: steps/s over the training steps (start-up excluded: worker gr
 trainer construction for TRL), mean reward of the first and of the last `--window` steps, and wall time including
 start-up. `ratio` = llmctl steps/s ÷ TRL steps/s, off-policy (`ratio_on_policy`: the on-policy run's), the median
 over `--rounds` rounds, each of which runs the three back to back (the machine's speed drifts over minutes, so a
-ratio is taken within a round). Target: >= 1.5 with a last-steps reward at least TRL's.
+ratio is taken within a round). Target: >= 1.5 with a last-steps reward at least TRL's: `reward_at_least_trl` compares
+the means as they are, `reward_equal_or_better` allows a shortfall under two standard errors of the difference.
 
 Usage: .venv/bin/python -m bench.rlhf [--steps 30] [--prompts 4] [--samples 4] [--address HOST:PORT]
 Needs TRL (`pip install -e ".[bench]"`). Without --address it starts a private Ray head and stops it afterwards.
@@ -229,7 +230,12 @@ def combine(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
         ratios = [r[side]["steps_per_s"] / r["trl"]["steps_per_s"] for r in rounds]
         result[f"{key}_rounds"] = [round(x, 3) for x in ratios]
         result[key] = round(statistics.median(ratios), 3)
-    result["reward_at_least_trl"] = result["llmctl"]["reward_last"] >= result["trl"]["reward_last"]
+    mine, theirs = result["llmctl"], result["trl"]
+    result["reward_at_least_trl"] = mine["reward_last"] >= theirs["reward_last"]
+    # Equal within noise: the gap is under two standard errors of the difference (each side's over its last steps).
+    gap_se = ((mine["reward_last_se"] or 0.0) ** 2 + (theirs["reward_last_se"] or 0.0) ** 2) ** 0.5
+    result["reward_gap"] = round(mine["reward_last"] - theirs["reward_last"], 4)
+    result["reward_equal_or_better"] = result["reward_gap"] >= -2 * gap_se
     return result
 
 

@@ -3,9 +3,10 @@
     .venv/bin/python bench/serve.py [--model DIR] [--levels 1,8,32] [--max-tokens 64]
 
 Both servers are started by this run and stay up side by side; each concurrency level is measured on one, then
-the other, alternating over rounds, so load from other processes on the machine hits both alike. Requests stream
-(TTFT = first token on the wire) with ignore_eos, so both produce the same number of tokens. Without --model a
-small random Llama is built offline. The last line of output is the JSON report.
+the other, alternating over rounds, so load from other processes on the machine hits both alike. Each ratio is
+taken within a round and reported as the median over rounds (each side's figures: the median of its rounds).
+Requests stream (TTFT = first token on the wire) with ignore_eos, so both produce the same number of tokens.
+Without --model a small random Llama is built offline. The last line of output is the JSON report.
 
 The llmctl app runs on a private head started as `llmctl cluster up` starts one, so its HTTP goes through Serve's
 HAProxy ingress straight to the replica; RAY_SERVE_ENABLE_HA_PROXY=0 in the environment measures the path through
@@ -171,6 +172,17 @@ def merge(rounds: list[dict]) -> dict:
     return {k: (statistics.median(r[k] for r in rounds) if k != "requests" else rounds[0][k]) for k in rounds[0]}
 
 
+def paired_ratios(bare: list[dict], app: list[dict]) -> dict:
+    """llmctl ÷ bare vLLM of each figure within a round (the two ran seconds apart), the median over rounds: the
+    machine's speed drifts more between rounds than within one."""
+    out = {}
+    for name, key in (("throughput", "output_tokens_per_s"), ("ttft_p50", "ttft_p50_ms"), ("ttft_p99", "ttft_p99_ms")):
+        ratios = [a[key] / b[key] for b, a in zip(bare, app, strict=True)]
+        out[f"{name}_ratio"] = round(statistics.median(ratios), 3)
+        out[f"{name}_ratio_rounds"] = [round(r, 3) for r in ratios]
+    return out
+
+
 def compare(servers: dict[str, str], args, texts: list[str]) -> dict:
     report = {}
     for level in args.levels:
@@ -182,13 +194,10 @@ def compare(servers: dict[str, str], args, texts: list[str]) -> dict:
                 # busy loop), on the same core as the other server's worker: let the previous one go idle first.
                 time.sleep(args.settle_s)
                 rounds[name].append(asyncio.run(run_level(url, level, requests, args.max_tokens, texts)))
-        bare, app = merge(rounds["bare_vllm"]), merge(rounds["llmctl_serve"])
         report[str(level)] = {
-            "bare_vllm": bare,
-            "llmctl_serve": app,
-            "throughput_ratio": round(app["output_tokens_per_s"] / bare["output_tokens_per_s"], 3),
-            "ttft_p50_ratio": round(app["ttft_p50_ms"] / bare["ttft_p50_ms"], 3),
-            "ttft_p99_ratio": round(app["ttft_p99_ms"] / bare["ttft_p99_ms"], 3),
+            "bare_vllm": merge(rounds["bare_vllm"]),
+            "llmctl_serve": merge(rounds["llmctl_serve"]),
+            **paired_ratios(rounds["bare_vllm"], rounds["llmctl_serve"]),
         }
         print(f"concurrency {level}: {json.dumps(report[str(level)])}", file=sys.stderr)
     return report
@@ -206,9 +215,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--model", help="HF model directory; default: a random Llama built here (hidden 256, 4 layers)")
     parser.add_argument("--levels", default="1,8,32", type=lambda s: [int(x) for x in s.split(",")])
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--requests-per-client", type=int, default=4)
-    parser.add_argument("--min-requests", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--requests-per-client", type=int, default=8)
+    parser.add_argument("--min-requests", type=int, default=48)
+    parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--settle-s", type=float, default=2.0, help="pause before each measurement")
     parser.add_argument("--max-model-len", type=int, default=512)
     parser.add_argument("--kv-cache-mib", type=int, default=256)

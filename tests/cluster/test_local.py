@@ -52,9 +52,13 @@ def test_down_stops_every_process_of_its_head_and_only_those(ray_head, tmp_path,
 
 
 def test_heads_serve_http_through_haproxy_unless_told_otherwise(monkeypatch):
-    for name in local.SERVE_ENV:
+    for name in [*local.SERVE_ENV, local.HAPROXY_THREADS_ENV]:
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(local.os, "cpu_count", lambda: 2)
     env = local._node_env("/tmp/x", "127.0.0.1:1")
     assert env[local.SERVE_INGRESS_ENV] == "1" and env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+    assert env[local.HAPROXY_THREADS_ENV] == "2", "no more HAProxy threads than cores"
+    monkeypatch.setattr(local.os, "cpu_count", lambda: 64)
+    assert local._node_env("/tmp/x", "127.0.0.1:1")[local.HAPROXY_THREADS_ENV] == "4", "Ray's default on big nodes"
     monkeypatch.setenv(local.SERVE_INGRESS_ENV, "0")  # a user who wants Serve's Python proxy keeps it
     assert local._node_env("/tmp/x", "127.0.0.1:1")[local.SERVE_INGRESS_ENV] == "0"
