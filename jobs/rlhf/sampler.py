@@ -4,8 +4,9 @@ One prefill of the left-padded prompts, then one forward pass per new token, sam
 top-p, until every row has produced a stop token or `max_new_tokens`. transformers' `generate` does the same through
 a general pipeline (logits processors, stopping criteria, cache set-up) whose fixed cost per token dominates for the
 small policies this backend exists for: 16 answers × 24 tokens of the tiny chat Llama on one thread took 81 ms
-with `generate` and 59 ms here. Positions count real tokens only, as `generate` does for left-padded rows, so greedy
-answers are the same as `generate`'s (tests/jobs/rlhf/test_sampler.py).
+with `generate` and 59 ms here. The loop runs under `torch.inference_mode` (no autograd bookkeeping at all; the
+answers leave as token ids): 31-44 ms where `no_grad` took 44-52 ms. Positions count real tokens only, as
+`generate` does for left-padded rows, so greedy answers are the same as `generate`'s (tests/jobs/rlhf/test_sampler.py).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def sample(
     stops = torch.tensor(list(stop_ids), device=device, dtype=torch.long)
     done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     new: list[torch.Tensor] = []
-    with torch.no_grad():
+    with torch.inference_mode():
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
         position = positions[:, -1:]
         for step in range(max_new_tokens):

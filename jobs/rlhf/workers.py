@@ -117,7 +117,7 @@ class ModelWorker(Worker):
 
         width = batch["input_ids"].shape[1] - 1
         rows = []
-        with torch.no_grad():
+        with torch.inference_mode():
             for mb in micro_batches(self.to_device(batch), self.config.micro_batch_size):
                 out = fn(self.forward(mb), mb).float()
                 rows.append(F.pad(out, (0, width - out.shape[1])).cpu())
@@ -297,7 +297,7 @@ class RewardModelWorker(ModelWorker):
                  for msgs, answer in zip(batch["prompt_messages"], batch["completions"], strict=True)]  # fmt: skip
         pad = self.model.config.pad_token_id
         scores = []
-        with torch.no_grad():
+        with torch.inference_mode():
             for start in range(0, len(texts), self.config.micro_batch_size):
                 ids = [
                     self.tokenizer.encode(t, add_special_tokens=False)
