@@ -3,6 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 LLMCTL := $(VENV)/bin/llmctl
 DEMO := data/demo
+CHROMIUM := /usr/bin/chromium
 
 .PHONY: install run demo-data test test-fast bench lint clean
 
@@ -31,11 +32,16 @@ run: install demo-data
 	$(LLMCTL) submit pipelines/examples/tiny.yaml
 	$(PY) -m services.client tiny "What is Ray?"
 
+# The report and chat-page tests open pages in headless Chromium: Debian's package, never a downloaded browser.
+$(CHROMIUM):
+	apt-get update -q
+	apt-get install -y --no-install-recommends chromium
+
 # --durations: the CI log shows where the 30-minute budget goes.
-test: install
+test: install $(CHROMIUM)
 	$(PY) -m pytest -q --durations=25
 
-test-fast: install
+test-fast: install $(CHROMIUM)
 	$(PY) -m pytest -q -m "not slow"
 
 bench: install demo-data
