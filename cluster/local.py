@@ -36,6 +36,13 @@ HAPROXY_THREADS_ENV = "RAY_SERVE_HAPROXY_NBTHREAD"
 # Besides the app's port, a node's HAProxy binds a stats and a Prometheus port on every interface (Ray's defaults
 # 8404 and 9101), and refuses to start when another process holds them.
 HAPROXY_PORT_ENV = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")
+# Ray starts its worker processes at nice 15 so that its control plane stays ahead of them on a busy machine. On a
+# node llmctl starts, the workers are the workload: at nice 15 every runnable nice-0 process on the machine (the
+# driver, a client, the raylet's own threads) takes a core from them outright, and a torch step waits for its
+# slowest thread. On 2 cores that cost the pretrain stage a fifth of its tokens/s and more than doubled its wall
+# time (bench/pretrain.py); the served engine lost 5-15 % of its tokens/s. At nice 0 the control plane still gets
+# its fair share of the CPU.
+WORKER_NICENESS_ENV = "RAY_worker_niceness"
 
 
 @dataclass(frozen=True)
@@ -159,9 +166,9 @@ def _node_env(temp_dir: str, gcs_address: str, extra: dict[str, str] | None = No
     # RAY_AUTH_MODE: Ray turns token authentication on for every new head once ~/.ray/auth_token exists, and any
     # bare `ray.init()` on this machine writes that file. A loopback head would then refuse the Jobs API and the
     # dashboard calls that carry no token. Its dashboard and Jobs API listen on 127.0.0.1 only.
-    # SERVE_ENV: Serve's HAProxy ingress and throughput profile, HAProxy threads (see the constants), unless the
-    # environment says otherwise.
-    defaults = {**SERVE_ENV, HAPROXY_THREADS_ENV: str(min(4, os.cpu_count() or 1))}
+    # SERVE_ENV: Serve's HAProxy ingress and throughput profile, HAProxy threads and workers at nice 0 (see the
+    # constants), unless the environment says otherwise.
+    defaults = {**SERVE_ENV, HAPROXY_THREADS_ENV: str(min(4, os.cpu_count() or 1)), WORKER_NICENESS_ENV: "0"}
     return {**defaults, **os.environ, **(extra or {}), "RAY_USAGE_STATS_ENABLED": "0", "PATH": path,
             HEAD_ENV: temp_dir, "RAY_ADDRESS": gcs_address, "RAY_AUTH_MODE": "disabled"}  # fmt: skip
 

@@ -51,8 +51,19 @@ def test_down_stops_every_process_of_its_head_and_only_those(ray_head, tmp_path,
     assert local.dashboard_version(ray_head.dashboard_url) is not None, "the other head still runs"
 
 
+def test_workers_run_at_the_drivers_priority(ray_session):
+    """Ray starts workers at nice 15; on a node llmctl starts they run at nice 0, like the driver beside them."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def niceness() -> int:
+        return os.nice(0)
+
+    assert ray.get(niceness.remote()) == 0
+
+
 def test_heads_serve_http_through_haproxy_unless_told_otherwise(monkeypatch):
-    for name in [*local.SERVE_ENV, local.HAPROXY_THREADS_ENV]:
+    for name in [*local.SERVE_ENV, local.HAPROXY_THREADS_ENV, local.WORKER_NICENESS_ENV]:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(local.os, "cpu_count", lambda: 2)
     env = local._node_env("/tmp/x", "127.0.0.1:1")
@@ -62,3 +73,5 @@ def test_heads_serve_http_through_haproxy_unless_told_otherwise(monkeypatch):
     assert local._node_env("/tmp/x", "127.0.0.1:1")[local.HAPROXY_THREADS_ENV] == "4", "Ray's default on big nodes"
     monkeypatch.setenv(local.SERVE_INGRESS_ENV, "0")  # a user who wants Serve's Python proxy keeps it
     assert local._node_env("/tmp/x", "127.0.0.1:1")[local.SERVE_INGRESS_ENV] == "0"
+    monkeypatch.setenv(local.WORKER_NICENESS_ENV, "15")  # and one who wants Ray's worker priority back keeps it
+    assert local._node_env("/tmp/x", "127.0.0.1:1")[local.WORKER_NICENESS_ENV] == "15"

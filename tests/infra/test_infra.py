@@ -246,6 +246,7 @@ def test_dockerfile_installs_the_project_for_cpu_and_cuda():
     assert {"cpu", "gpu"} <= set(re.findall(r"^(\w+) = \[", extras, re.M)), "each VARIANT is an extra of pyproject"
     env = " ".join(a for op, a in steps if op == "ENV").split()
     assert {f"{k}={v}" for k, v in local.SERVE_ENV.items()} <= set(env), "image nodes serve as local heads do"
+    assert f"{local.WORKER_NICENESS_ENV}=0" in env, "image nodes run their workers at nice 0, as local heads do"
     ignored = read("docker", "Dockerfile.dockerignore").split()
     assert ".venv" in ignored and "runs" in ignored
 
