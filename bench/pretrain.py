@@ -1,8 +1,9 @@
 """Pretraining benchmarks; prints JSON, the figures on the last line.
 
 1. Orchestration overhead: steady-state tokens/s of the pretrain stage (Ray Train + DeepSpeed, Ray Data input)
-   against a plain single-process PyTorch loop on the same model, data, optimizer and batch, in the same run
-   (the plain loop runs before and after the stage, beside the same Ray cluster, and is averaged). Steady state
+   against a plain single-process PyTorch loop on the same model, data, optimizer and batch, in the same run:
+   plain loop and stage alternate (`--overhead-rounds` stage runs, each compared with the mean of the plain loops
+   just before and after it, beside the same Ray cluster; the report's ratios are medians over rounds). Steady state
    = every step after 3 warm-up steps, each timed from the end of the one before, so the stage's logging and its
    Ray Train reports count against it: `ratio` is all those tokens over all that time on both sides;
    `ratio_median` compares the median steps instead, which shrugs off other processes stealing the CPU for a
@@ -46,6 +47,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--text", help="plain-text file to train on (documents split at blank lines)")
     p.add_argument("--budget-s", type=float, default=60.0, help="training-loop wall-clock budget of the quality run")
     p.add_argument("--overhead-steps", type=int, default=200, help="optimizer steps of the overhead comparison")
+    p.add_argument("--overhead-rounds", type=int, default=3, help="stage runs, each between two plain loops")
     p.add_argument("--hidden", type=int, default=128, help="model width (head size 32, 4 layers)")
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--micro-batch", type=int, default=8)
@@ -186,30 +188,39 @@ def plain_loop(spec: PretrainStage, sequences: Any, info: Any, steps: int, threa
 
 
 def overhead(args: argparse.Namespace, data: str, tok: str, work: str, cluster: Cluster) -> dict[str, Any]:
+    """Plain loop, stage, plain loop, stage, ..., plain loop: each stage run is compared with the plain loops just
+    before and after it (this machine's speed drifts by a third within minutes), and the ratio is the median over
+    the rounds."""
     steps = args.overhead_steps
     spec = stage_spec(args, data, tok, steps=steps, eval_every=steps, checkpoint_every=steps, log_every=10)
     sequences, info = train_sequences(spec, data, tok)
-    cluster.ensure()  # the plain loop runs beside the same (idle) Ray processes as the stage, before and after it
-    before = plain_loop(spec, sequences, info, steps, args.cpus)
-    metrics = run_stage(spec, os.path.join(work, "overhead"))
-    after = plain_loop(spec, sequences, info, steps, args.cpus)
-    plain_mean, plain_median = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
+    cluster.ensure()  # the plain loop runs beside the same (idle) Ray processes as the stage
+    plain = [plain_loop(spec, sequences, info, steps, args.cpus)]
+    stages = []
+    for i in range(args.overhead_rounds):
+        stages.append(run_stage(spec, os.path.join(work, f"overhead-{i}")))
+        plain.append(plain_loop(spec, sequences, info, steps, args.cpus))
+    # (mean, median) of the two plain loops around each stage run
+    around = [[(a[k] + b[k]) / 2 for k in (0, 1)] for a, b in zip(plain, plain[1:], strict=False)]
+    ratios = [m["tokens_per_s"] / p[0] for m, p in zip(stages, around, strict=True)]
+    median_ratios = [m["tokens_per_s_median"] / p[1] for m, p in zip(stages, around, strict=True)]
     return {
-        "ratio": round(metrics["tokens_per_s"] / plain_mean, 3),
-        "ratio_median": round(metrics["tokens_per_s_median"] / plain_median, 3),
+        "ratio": round(statistics.median(ratios), 3),
+        "ratio_rounds": [round(r, 3) for r in ratios],
+        "ratio_median": round(statistics.median(median_ratios), 3),
         "ray_deepspeed_tokens_per_s": {
-            "median": round(metrics["tokens_per_s_median"], 1),
-            "mean": round(metrics["tokens_per_s"], 1),
+            "median": [round(m["tokens_per_s_median"], 1) for m in stages],
+            "mean": [round(m["tokens_per_s"], 1) for m in stages],
         },
         "plain_pytorch_tokens_per_s": {
-            "median": [round(before[1], 1), round(after[1], 1)],
-            "mean": [round(before[0], 1), round(after[0], 1)],
+            "median": [round(p[1], 1) for p in plain],
+            "mean": [round(p[0], 1) for p in plain],
         },
         "target": 0.9,
         "steps": steps,
-        "zero_stage": metrics["zero_stage"],  # one worker: the resolved stage is 0
-        "params": metrics["params"],
-        "stage_wall_s": metrics["wall_s"],
+        "zero_stage": stages[0]["zero_stage"],  # one worker: the resolved stage is 0
+        "params": stages[0]["params"],
+        "stage_wall_s": [round(m["wall_s"], 1) for m in stages],
     }
 
 
@@ -297,7 +308,8 @@ def main() -> None:
                 print(json.dumps({"overhead": result["overhead"]}), flush=True)  # kept should the rest fail
             if args.skip != "quality":
                 cluster.ensure()
-                rate = result["overhead"]["ray_deepspeed_tokens_per_s"]["mean"] if "overhead" in result else None
+                rates = result["overhead"]["ray_deepspeed_tokens_per_s"]["mean"] if "overhead" in result else None
+                rate = statistics.median(rates) if rates else None
                 result["quality"] = quality(args, data, tok, work, tokenizer_s, rate)
             result["bench_wall_s"] = round(time.time() - started, 1)
     finally:
