@@ -27,6 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
+from itertools import pairwise
 from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -189,8 +190,8 @@ def plain_loop(spec: PretrainStage, sequences: Any, info: Any, steps: int, threa
 
 def overhead(args: argparse.Namespace, data: str, tok: str, work: str, cluster: Cluster) -> dict[str, Any]:
     """Plain loop, stage, plain loop, stage, ..., plain loop: each stage run is compared with the plain loops just
-    before and after it (this machine's speed drifts by a third within minutes), and the ratio is the median over
-    the rounds."""
+    before and after it (on this machine neighbouring plain loops differed by up to a fifth), and the ratio is the
+    median over the rounds."""
     steps = args.overhead_steps
     spec = stage_spec(args, data, tok, steps=steps, eval_every=steps, checkpoint_every=steps, log_every=10)
     sequences, info = train_sequences(spec, data, tok)
@@ -200,10 +201,9 @@ def overhead(args: argparse.Namespace, data: str, tok: str, work: str, cluster: 
     for i in range(args.overhead_rounds):
         stages.append(run_stage(spec, os.path.join(work, f"overhead-{i}")))
         plain.append(plain_loop(spec, sequences, info, steps, args.cpus))
-    # (mean, median) of the two plain loops around each stage run
-    around = [[(a[k] + b[k]) / 2 for k in (0, 1)] for a, b in zip(plain, plain[1:], strict=False)]
-    ratios = [m["tokens_per_s"] / p[0] for m, p in zip(stages, around, strict=True)]
-    median_ratios = [m["tokens_per_s_median"] / p[1] for m, p in zip(stages, around, strict=True)]
+    around = list(pairwise(plain))  # the plain loops (mean, median) before and after each stage run
+    ratios = [m["tokens_per_s"] / ((a[0] + b[0]) / 2) for m, (a, b) in zip(stages, around, strict=True)]
+    median_ratios = [m["tokens_per_s_median"] / ((a[1] + b[1]) / 2) for m, (a, b) in zip(stages, around, strict=True)]
     return {
         "ratio": round(statistics.median(ratios), 3),
         "ratio_rounds": [round(r, 3) for r in ratios],
