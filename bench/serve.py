@@ -1,10 +1,11 @@
 """Bare vLLM (its own OpenAI server) vs the llmctl Serve app: same model, same engine settings, same prompts.
 
-    .venv/bin/python bench/serve.py [--model DIR] [--levels 1,8,32] [--max-tokens 64]
+    .venv/bin/python bench/serve.py [--model DIR] [--levels 1,8,32] [--max-tokens 64] [--engine-metrics ray]
 
 Both servers are started by this run and stay up side by side; each concurrency level is measured on one, then
-the other, alternating over rounds, so load from other processes on the machine hits both alike. Each ratio is
-taken within a round and reported as the median over rounds (each side's figures: the median of its rounds).
+the other, over rounds in which the two take turns going first, so load from other processes on the machine hits
+both alike. Each ratio is taken within a round and reported as the median over rounds (each side's figures: the
+median of its rounds).
 Requests stream (TTFT = first token on the wire) with ignore_eos, so both produce the same number of tokens.
 Without --model a small random Llama is built offline. The last line of output is the JSON report.
 
@@ -44,7 +45,7 @@ def prompts(count: int = 32) -> list[str]:
     return [" ".join(sentences(3, seed=i)) for i in range(count)]
 
 
-def bench_stage(model_dir: str, port: int, max_model_len: int, kv_bytes: int):
+def bench_stage(model_dir: str, port: int, max_model_len: int, kv_bytes: int, metrics: str = "ray"):
     from pipelines.spec.serve import ServeStage
 
     return ServeStage.model_validate(
@@ -54,7 +55,7 @@ def bench_stage(model_dir: str, port: int, max_model_len: int, kv_bytes: int):
             "name": MODEL_ID,
             # One fixed replica: the comparison is one engine against one engine.
             "autoscaling": {"min_replicas": 1, "max_replicas": 1, "target_ongoing_requests": 64},
-            "engine": {"max_model_len": max_model_len, "kv_cache_bytes": kv_bytes},
+            "engine": {"max_model_len": max_model_len, "kv_cache_bytes": kv_bytes, "metrics": metrics},
             "http": {"host": "127.0.0.1", "port": port},
             "limits": {"max_tokens": None},
         }
@@ -188,8 +189,9 @@ def compare(servers: dict[str, str], args, texts: list[str]) -> dict:
     for level in args.levels:
         requests = max(args.min_requests, level * args.requests_per_client)
         rounds: dict[str, list[dict]] = {name: [] for name in servers}
-        for _ in range(args.rounds):
-            for name, url in servers.items():
+        for i in range(args.rounds):
+            # Each server goes first in every other round, so whatever the first or second slot suffers is shared.
+            for name, url in list(servers.items())[:: 1 if i % 2 == 0 else -1]:
                 # vLLM's workers keep polling for work for a second after their last batch (shm_broadcast's
                 # busy loop), on the same core as the other server's worker: let the previous one go idle first.
                 time.sleep(args.settle_s)
@@ -219,6 +221,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--min-requests", type=int, default=48)
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--settle-s", type=float, default=2.0, help="pause before each measurement")
+    parser.add_argument(
+        "--engine-metrics", choices=("ray", "endpoint", "off"), default="ray",
+        help="the app's engine.metrics (bare vLLM keeps its own Prometheus logger unless off)",
+    )  # fmt: skip
     parser.add_argument("--max-model-len", type=int, default=512)
     parser.add_argument("--kv-cache-mib", type=int, default=256)
     return parser.parse_args()
@@ -232,7 +238,7 @@ def main() -> None:
     from tests.services.tiny_model import build_tiny_llama
 
     model_dir = args.model or build_tiny_llama(os.path.join(work, "model"), hidden=256, layers=4)
-    stage = bench_stage(model_dir, local.free_port(), args.max_model_len, args.kv_cache_mib << 20)
+    stage = bench_stage(model_dir, local.free_port(), args.max_model_len, args.kv_cache_mib << 20, args.engine_metrics)
     kwargs = engine_kwargs(stage)
     bare_port, bare, head = local.free_port(), None, None
     try:
@@ -251,6 +257,7 @@ def main() -> None:
         "engine": kwargs,
         "device": "cpu",
         "cpus": os.cpu_count(),
+        "engine_metrics": args.engine_metrics,
         "ingress": "serve proxy" if os.environ.get(local.SERVE_INGRESS_ENV) == "0" else "haproxy",
         "max_tokens": args.max_tokens,
         "rounds": args.rounds,

@@ -67,6 +67,8 @@ def engine_kwargs(stage: ServeStage) -> dict[str, Any]:
         kwargs["max_model_len"] = engine.max_model_len
     if engine.kv_cache_bytes is not None:
         kwargs["kv_cache_memory_bytes"] = engine.kv_cache_bytes
+    if engine.metrics == "off":
+        kwargs["disable_log_stats"] = True
     return {**kwargs, **engine.kwargs}
 
 
@@ -118,6 +120,8 @@ def llm_config_kwargs(record: AppRecord) -> dict[str, Any]:
         "placement_group_config": where["placement_group_config"],
         "deployment_config": deployment,
         "runtime_env": runtime_env(record),
+        # False: vLLM keeps its own Prometheus logger (served at /metrics) in place of Ray's, or none when off.
+        "log_engine_metrics": stage.engine.metrics == "ray",
     }
 
 

@@ -30,6 +30,7 @@ TYPED_ENGINE_KEYS = {
     "kv_cache_memory_bytes": "engine.kv_cache_bytes",
     "tensor_parallel_size": "engine.tensor_parallel_size",
     "enforce_eager": "engine.enforce_eager",
+    "disable_log_stats": "engine.metrics: off",
     "model": "the stage's `model` field",
     "served_model_name": "the stage's `name` field",
 }
@@ -110,6 +111,13 @@ class Engine(Model):
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs per replica that shard the model (GPU only).")
     enforce_eager: bool = Field(
         False, description="Skip graph compilation: faster start (tens of seconds on CPU), slower decoding."
+    )
+    metrics: Literal["ray", "endpoint", "off"] = Field(
+        "ray",
+        description="Where the engine's own metrics (queue length, KV-cache use, TTFT and token latencies) go. "
+        "ray: Ray's metrics system, as Serve LLM exports them (the dashboard's Grafana panels, the Ray nodes' "
+        "Prometheus scrape); endpoint: vLLM's Prometheus text at the app's /metrics, as `vllm serve` serves it "
+        "(behind the API keys), which costs the replica less CPU per decode step; off: none.",
     )
     kwargs: dict[str, Any] = Field(
         default_factory=dict,

@@ -52,8 +52,9 @@ def serve_spec(model: str, port: int) -> dict:
             "look_back_period_s": 4,
             "metrics_interval_s": 1,
         },
-        # 64 MiB KV cache: the machine is shared; eager mode: no compile step at start.
-        "engine": {"max_model_len": 256, "kv_cache_bytes": 64 << 20, "enforce_eager": True},
+        # 64 MiB KV cache: the machine is shared; eager mode: no compile step at start. Engine metrics at /metrics
+        # (the example pipeline's app keeps the default, Ray's metrics).
+        "engine": {"max_model_len": 256, "kv_cache_bytes": 64 << 20, "enforce_eager": True, "metrics": "endpoint"},
         "placement": {"cpus_per_replica": 1},
         "http": {"host": "127.0.0.1", "port": port},
         "api_key_env": API_KEY_ENV,

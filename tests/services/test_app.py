@@ -29,6 +29,21 @@ def test_engine_kwargs_default_memory_by_device():
     assert exact["kv_cache_memory_bytes"] == 1 << 26 and exact["max_num_seqs"] == 8
 
 
+def test_engine_metrics_choose_the_stat_logger(tiny_model_dir):
+    from ray.serve.llm import LLMConfig
+
+    def configured(metrics: str) -> tuple[bool, bool]:
+        rec = record(engine={"metrics": metrics}).model_copy(update={"model_source": tiny_model_dir})
+        config = LLMConfig(**app.llm_config_kwargs(rec))  # Serve LLM refuses its metrics without vLLM's stats
+        return config.log_engine_metrics, config.engine_kwargs.get("disable_log_stats", False)
+
+    assert configured("ray") == (True, False)  # Serve LLM's Ray logger replaces vLLM's Prometheus one
+    assert configured("endpoint") == (False, False)  # vLLM's own logger, text at the app's /metrics
+    assert configured("off") == (False, True)
+    with pytest.raises(ValueError, match=r"engine.kwargs.disable_log_stats is not allowed here; set engine.metrics"):
+        record(engine={"kwargs": {"disable_log_stats": True}})
+
+
 def test_cpu_replicas_reserve_exactly_their_cpus_gpu_replicas_their_gpus():
     cpu = app.llm_config_kwargs(record(placement={"cpus_per_replica": 2}))
     assert cpu["accelerator_config"] == {"kind": "cpu"}

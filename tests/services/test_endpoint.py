@@ -71,6 +71,14 @@ def test_sse_wire_format(http, served_app):
     assert lines[-1] == "data: [DONE]" and all(line.startswith("data: ") for line in lines)
 
 
+def test_engine_metrics_at_the_endpoint_behind_the_key(http, served_app, client):
+    client.completions.create(model="tiny", prompt="the cat", max_tokens=4)
+    assert http.get("/metrics").status_code == 401
+    text = http.get("/metrics", headers=auth(served_app)).text
+    served = [line for line in text.splitlines() if line.startswith("vllm:request_success_total{")]
+    assert served and any('model_name="tiny"' in line and float(line.rsplit(" ", 1)[1]) >= 1 for line in served)
+
+
 def test_missing_max_tokens_gets_the_cap(client):
     # Chat has no default max_tokens (completions default to 16, as in OpenAI's API): the cap applies.
     messages = [{"role": "user", "content": "the"}]
