@@ -45,7 +45,7 @@ def prompts(count: int = 32) -> list[str]:
     return [" ".join(sentences(3, seed=i)) for i in range(count)]
 
 
-def bench_stage(model_dir: str, port: int, max_model_len: int, kv_bytes: int, metrics: str = "ray"):
+def bench_stage(model_dir: str, port: int, max_model_len: int, kv_bytes: int, metrics: str):
     from pipelines.spec.serve import ServeStage
 
     return ServeStage.model_validate(

@@ -12,7 +12,7 @@ from cli.main import main
 from cluster import jobs, multinode, storage
 from tests.conftest import ROOT
 from tests.observability.chromium import open_page
-from tests.services.conftest import wait_for
+from tests.services.conftest import requests_served, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -41,25 +41,18 @@ def two_stage_spec(tmp_path, corpus_glob: str) -> str:
     return str(path)
 
 
-def prometheus_lines(dashboard_url: str, prefix: str) -> list[str]:
-    """The lines starting with `prefix` on every target that Ray's Prometheus service discovery lists."""
+def prometheus_text(dashboard_url: str) -> str:
+    """What Prometheus would scrape from every target that Ray's Prometheus service discovery lists."""
     import httpx
 
-    lines = []
+    texts = []
     for group in httpx.get(f"{dashboard_url}/api/prometheus/sd", timeout=10).json():
         for target in group["targets"]:
             try:
-                text = httpx.get(f"http://{target}/metrics", timeout=10).text
+                texts.append(httpx.get(f"http://{target}/metrics", timeout=10).text)
             except httpx.HTTPError:
                 continue
-            lines += [line for line in text.splitlines() if line.startswith(prefix)]
-    return lines
-
-
-def requests_served(dashboard_url: str, model: str) -> float:
-    """vLLM's finished-request counter of `model`, summed over finish reasons, as Prometheus would scrape it."""
-    lines = prometheus_lines(dashboard_url, "ray_vllm_request_success_total{")
-    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if f'model_name="{model}"' in line)
+    return "\n".join(texts)
 
 
 def submit(spec: str, address: str, *extra: str):
@@ -113,7 +106,10 @@ def test_example_pipeline_runs_end_to_end_then_resubmit_skips_every_stage(two_no
         assert ask(endpoint, "tiny", "What is Ray?", max_tokens=8).strip()
         # engine.metrics: ray (the default): the engine's counters reach Prometheus through Ray's own service discovery
         # (nodes export every few seconds): the probe's three requests and this one.
-        wait_for(lambda: requests_served(two_nodes.dashboard_url, "tiny") >= 4, 60, what="vLLM's counter in Prometheus")
+        def counted() -> float:
+            return requests_served(prometheus_text(two_nodes.dashboard_url), "ray_vllm_request_success_total", "tiny")
+
+        wait_for(lambda: counted() >= 4, 60, what="vLLM's request counter in Prometheus")
         from ray.util.state import list_tasks
 
         ran_on = {t.node_id for t in list_tasks(address=two_nodes.dashboard_url, limit=10_000) if t.node_id}

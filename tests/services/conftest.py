@@ -108,6 +108,12 @@ def replica_states(name: str = APP) -> dict[str, int]:
     return {state.value if hasattr(state, "value") else str(state): n for state, n in model.replica_states.items()}
 
 
+def requests_served(prometheus_text: str, counter: str, model: str) -> float:
+    """vLLM's finished-request counter of `model` in Prometheus text, summed over its finish reasons (and engines)."""
+    lines = [line for line in prometheus_text.splitlines() if line.startswith(counter + "{")]
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if f'model_name="{model}"' in line)
+
+
 def wait_for(predicate, timeout_s: float, poll_s: float = 1.0, what: str = "condition"):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

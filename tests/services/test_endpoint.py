@@ -6,7 +6,7 @@ import httpx
 import openai
 import pytest
 
-from tests.services.conftest import MAX_REQUEST_BYTES, MAX_TOKENS_CAP
+from tests.services.conftest import MAX_REQUEST_BYTES, MAX_TOKENS_CAP, requests_served
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
@@ -75,8 +75,7 @@ def test_engine_metrics_at_the_endpoint_behind_the_key(http, served_app, client)
     client.completions.create(model="tiny", prompt="the cat", max_tokens=4)
     assert http.get("/metrics").status_code == 401
     text = http.get("/metrics", headers=auth(served_app)).text
-    served = [line for line in text.splitlines() if line.startswith("vllm:request_success_total{")]
-    assert served and any('model_name="tiny"' in line and float(line.rsplit(" ", 1)[1]) >= 1 for line in served)
+    assert requests_served(text, "vllm:request_success_total", "tiny") >= 1
 
 
 def test_missing_max_tokens_gets_the_cap(client):
