@@ -48,7 +48,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--text", help="plain-text file to train on (documents split at blank lines)")
     p.add_argument("--budget-s", type=float, default=60.0, help="training-loop wall-clock budget of the quality run")
     p.add_argument("--overhead-steps", type=int, default=200, help="optimizer steps of the overhead comparison")
-    p.add_argument("--overhead-rounds", type=int, default=3, help="stage runs, each between two plain loops")
+    p.add_argument("--overhead-rounds", type=int, default=5, help="stage runs, each between two plain loops")
     p.add_argument("--hidden", type=int, default=128, help="model width (head size 32, 4 layers)")
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--micro-batch", type=int, default=8)

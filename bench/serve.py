@@ -7,6 +7,8 @@ the other, over rounds in which the two take turns going first, so load from oth
 both alike. Each ratio is taken within a round and reported as the median over rounds (each side's figures: the
 median of its rounds).
 Requests stream (TTFT = first token on the wire) with ignore_eos, so both produce the same number of tokens.
+The load client (aiohttp) shares the machine's cores with the servers, so it decodes only each stream's first
+text event and its usage event; its CPU share (of one core) is in the report.
 Without --model a small random Llama is built offline. The last line of output is the JSON report.
 
 The llmctl app runs on a private head started as `llmctl cluster up` starts one, so its HTTP goes through Serve's
@@ -28,6 +30,7 @@ import sys
 import tempfile
 import time
 
+import aiohttp
 import httpx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -123,41 +126,42 @@ def start_llmctl_app(stage, temp_dir: str):
 # ---- load -----------------------------------------------------------------------------------------------------
 
 
-async def one_request(client: httpx.AsyncClient, prompt: str, max_tokens: int) -> tuple[float, int]:
-    """(TTFT seconds, completion tokens) of one streamed completion."""
+async def one_request(session: aiohttp.ClientSession, url: str, prompt: str, max_tokens: int) -> tuple[float, int]:
+    """(TTFT seconds, completion tokens) of one streamed completion. Only the events up to the first text and the
+    final usage event are decoded: the client shares the machine's cores with the servers, so it does as little
+    per streamed token as it can."""
     body = {
         "model": MODEL_ID, "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True, "temperature": 0,
         "stream": True, "stream_options": {"include_usage": True},
     }  # fmt: skip
     start, ttft, tokens = time.perf_counter(), None, 0
-    async with client.stream("POST", "/v1/completions", json=body) as resp:
+    async with session.post(f"{url}/v1/completions", json=body) as resp:
         resp.raise_for_status()
-        async for line in resp.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            event = json.loads(line[len("data: ") :])
-            if ttft is None and any(c.get("text") for c in event.get("choices", [])):
-                ttft = time.perf_counter() - start
-            if event.get("usage"):
-                tokens = event["usage"]["completion_tokens"]
+        async for line in resp.content:  # one SSE line at a time
+            if b'"completion_tokens"' in line:
+                tokens = json.loads(line[len(b"data: ") :])["usage"]["completion_tokens"]
+            elif ttft is None and line.startswith(b"data: {"):
+                event = json.loads(line[len(b"data: ") :])
+                if any(c.get("text") for c in event.get("choices", [])):
+                    ttft = time.perf_counter() - start
     return (ttft if ttft is not None else time.perf_counter() - start), tokens
 
 
 async def run_level(base_url: str, concurrency: int, requests: int, max_tokens: int, texts: list[str]) -> dict:
-    queue: asyncio.Queue[str] = asyncio.Queue()
-    for i in range(requests):
-        queue.put_nowait(texts[i % len(texts)])
+    """`requests` streamed completions over `concurrency` connections, each sending its next request as soon as
+    the last one ends."""
+    pending = [texts[i % len(texts)] for i in range(requests)]
     results: list[tuple[float, int]] = []
 
-    async def worker(client: httpx.AsyncClient) -> None:
-        while not queue.empty():
-            results.append(await one_request(client, queue.get_nowait(), max_tokens))
+    async def worker(session: aiohttp.ClientSession) -> None:
+        while pending:
+            results.append(await one_request(session, base_url, pending.pop(), max_tokens))
 
-    limits = httpx.Limits(max_connections=concurrency)
-    async with httpx.AsyncClient(base_url=base_url, timeout=600, limits=limits) as client:
-        start = time.perf_counter()
-        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
-        wall = time.perf_counter() - start
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=600)) as session:
+        start, cpu = time.perf_counter(), time.process_time()
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     ttfts = sorted(r[0] for r in results)
     return {
         "requests": len(results),
@@ -165,6 +169,7 @@ async def run_level(base_url: str, concurrency: int, requests: int, max_tokens: 
         "output_tokens_per_s": round(sum(r[1] for r in results) / wall, 1),
         "ttft_p50_ms": round(1000 * statistics.median(ttfts), 1),
         "ttft_p99_ms": round(1000 * ttfts[min(len(ttfts) - 1, int(0.99 * len(ttfts)))], 1),
+        "client_cpu_share": round(cpu / wall, 3),  # of one core: what the load itself took from the machine
     }
 
 
@@ -232,7 +237,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # wait_ready's polls
     work = tempfile.mkdtemp(prefix="llmctl-bench-")
     from services.app import engine_kwargs
     from tests.services.tiny_model import build_tiny_llama
