@@ -12,7 +12,12 @@
    budget; reported are validation bits per character (loss per token × tokens / characters / ln 2) and the wall
    time including start-up (tokenizer, Ray Train workers, data pipeline, export).
 
-Usage: .venv/bin/python bench/pretrain.py [--text PATH] [--budget-s 60] [--address HOST:PORT]
+3. GPU (`--gpu`, instead of 1 and 2): MFU of the stage on one GPU for the 125m preset in bf16 (seq_len 1024), from
+   the stage's own steady-state tokens/s, FLOPs per token and the device's peak (jobs/train/metrics.py). Target 45 %.
+   On an offline GPU machine with torch but without ray/deepspeed, install the kit of ../shared/tools/gpu-kit.sh
+   as that script's header says, then run `python3 bench/pretrain.py --gpu`.
+
+Usage: .venv/bin/python bench/pretrain.py [--text PATH] [--budget-s 60] [--address HOST:PORT] [--gpu]
 Without --address it starts a private Ray head on free ports and stops it afterwards.
 """
 
@@ -56,6 +61,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--cpus", type=int, default=2, help="CPUs (torch threads) of the single worker and plain loop")
     p.add_argument("--skip", choices=["overhead", "quality"], help="skip one of the two benchmarks")
     p.add_argument("--address", help="an existing Ray cluster (GCS address) instead of a private head")
+    p.add_argument("--gpu", action="store_true", help="measure MFU on one GPU instead (125m preset, bf16)")
+    p.add_argument("--gpu-steps", type=int, default=60, help="optimizer steps of the GPU run")
     return p.parse_args()
 
 
@@ -264,6 +271,44 @@ def quality(args: argparse.Namespace, data: str, tok: str, work: str, tokenizer_
     }
 
 
+# --- 3. MFU on a GPU -------------------------------------------------------------------------------------------------
+
+
+def gpu_spec(args: argparse.Namespace, data: str, tok: str) -> PretrainStage:
+    """The 125m preset in bf16 on one GPU; one micro-batch of 16 x 1024 tokens per step."""
+    return PretrainStage(
+        kind="pretrain",
+        data=data,
+        tokenizer=tok,
+        val_fraction=0.05,
+        materialize=True,
+        model={"preset": "125m"},
+        deepspeed={"precision": "bf16"},
+        optim={"lr": 6e-4, "min_lr": 6e-5, "warmup_steps": 10},
+        schedule={"seq_len": 1024, "micro_batch_size": 16, "steps": args.gpu_steps, "log_every": 10,
+                  "eval_every": 10**9, "checkpoint_every": 10**9},
+        scaling={"num_workers": 1, "use_gpu": True, "gpus_per_worker": 1, "cpus_per_worker": 4},
+        failure={"max_failures": 0},
+    )  # fmt: skip
+
+
+def gpu_mfu(args: argparse.Namespace, data: str, tok: str, work: str) -> dict[str, Any]:
+    import torch
+
+    metrics = run_stage(gpu_spec(args, data, tok), os.path.join(work, "gpu"))
+    mfu = metrics["mfu"]  # None when the device's peak is unknown (set LLMCTL_PEAK_FLOPS)
+    return {
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "mfu": None if mfu is None else round(mfu, 4),
+        "target": 0.45,
+        "tokens_per_s": round(metrics["tokens_per_s"], 1),
+        "flops_per_token": metrics["flops_per_token"],
+        "params": metrics["params"],
+        "precision": metrics["precision"],
+        "steps": metrics["step"],
+    }
+
+
 # --- main ----------------------------------------------------------------------------------------------------------
 
 
@@ -303,10 +348,13 @@ def main() -> None:
             tok = os.path.join(work, "tokenizer")
             tokenizer_s = train_tokenizer(data, tok, args.vocab)
             result: dict[str, Any] = {"text": args.text or "generated", "documents": len(docs), "device": "cpu"}
-            if args.skip != "overhead":
+            if args.gpu:
+                cluster.ensure()
+                result = {**result, "device": "gpu", "gpu": gpu_mfu(args, data, tok, work)}
+            if not args.gpu and args.skip != "overhead":
                 result["overhead"] = overhead(args, data, tok, work, cluster)
                 print(json.dumps({"overhead": result["overhead"]}), flush=True)  # kept should the rest fail
-            if args.skip != "quality":
+            if not args.gpu and args.skip != "quality":
                 cluster.ensure()
                 rates = result["overhead"]["ray_deepspeed_tokens_per_s"]["mean"] if "overhead" in result else None
                 rate = statistics.median(rates) if rates else None
