@@ -123,19 +123,24 @@ def train_tokenizer(data_dir: str, out: str, vocab: int) -> float:
     return time.time() - started
 
 
-def stage_spec(args: argparse.Namespace, data: str, tok: str, **schedule: Any) -> PretrainStage:
+def pretrain_spec(data: str, tok: str, **fields: Any) -> PretrainStage:
+    """A pretrain stage on the bench's corpus and tokenizer: packed rows kept in the object store, a 5% held-out
+    split, no restarts; `fields` give the model, optimizer, schedule and scaling."""
     return PretrainStage(
-        kind="pretrain",
-        data=data,
-        tokenizer=tok,
-        val_fraction=0.05,
-        materialize=True,
+        kind="pretrain", data=data, tokenizer=tok, val_fraction=0.05, materialize=True, failure={"max_failures": 0},
+        **fields,
+    )  # fmt: skip
+
+
+def stage_spec(args: argparse.Namespace, data: str, tok: str, **schedule: Any) -> PretrainStage:
+    return pretrain_spec(
+        data,
+        tok,
         model={"preset": None, "hidden_size": args.hidden, "num_layers": 4, "num_heads": args.hidden // 32,
                "num_kv_heads": args.hidden // 32, "intermediate_size": args.hidden * 8 // 3},
         optim={"lr": 2e-3, "min_lr": 2e-4, "warmup_steps": 5},
         schedule={"seq_len": args.seq_len, "micro_batch_size": args.micro_batch, **schedule},
         scaling={"num_workers": 1, "cpus_per_worker": args.cpus},
-        failure={"max_failures": 0},
     )  # fmt: skip
 
 
@@ -276,19 +281,15 @@ def quality(args: argparse.Namespace, data: str, tok: str, work: str, tokenizer_
 
 def gpu_spec(args: argparse.Namespace, data: str, tok: str) -> PretrainStage:
     """The 125m preset in bf16 on one GPU; one micro-batch of 16 x 1024 tokens per step."""
-    return PretrainStage(
-        kind="pretrain",
-        data=data,
-        tokenizer=tok,
-        val_fraction=0.05,
-        materialize=True,
+    return pretrain_spec(
+        data,
+        tok,
         model={"preset": "125m"},
         deepspeed={"precision": "bf16"},
         optim={"lr": 6e-4, "min_lr": 6e-5, "warmup_steps": 10},
         schedule={"seq_len": 1024, "micro_batch_size": 16, "steps": args.gpu_steps, "log_every": 10,
                   "eval_every": 10**9, "checkpoint_every": 10**9},
         scaling={"num_workers": 1, "use_gpu": True, "gpus_per_worker": 1, "cpus_per_worker": 4},
-        failure={"max_failures": 0},
     )  # fmt: skip
 
 
@@ -350,7 +351,7 @@ def main() -> None:
             result: dict[str, Any] = {"text": args.text or "generated", "documents": len(docs), "device": "cpu"}
             if args.gpu:
                 cluster.ensure()
-                result = {**result, "device": "gpu", "gpu": gpu_mfu(args, data, tok, work)}
+                result.update(device="gpu", gpu=gpu_mfu(args, data, tok, work))
             if not args.gpu and args.skip != "overhead":
                 result["overhead"] = overhead(args, data, tok, work, cluster)
                 print(json.dumps({"overhead": result["overhead"]}), flush=True)  # kept should the rest fail
