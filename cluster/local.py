@@ -91,11 +91,21 @@ class WorkerNode:
     env: dict[str, str] | None = None
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port that is free on this machine now (heads and nodes that share one machine need their own)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port that is free on this machine now (heads and nodes that share one machine need their own).
+
+    Never one this process was handed before: callers take several before anything binds them, and the kernel
+    may offer a just-closed port again (a head once got one port for both its dashboard and its client server)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def own_serve_ports() -> dict[str, str]:

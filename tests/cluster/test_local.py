@@ -17,6 +17,28 @@ def test_nothing_answers_on_a_closed_port():
     assert local.dashboard_version(f"http://127.0.0.1:{free_port()}", timeout=0.5) is None
 
 
+def test_free_port_never_hands_out_a_port_twice(monkeypatch):
+    """The kernel may offer a just-closed port again; a head given one port for two servers fails to start."""
+    offered = iter([41001, 41002, 41001, 41002, 41003])
+
+    class Socket:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def bind(self, address):
+            self.port = next(offered)
+
+        def getsockname(self):
+            return ("127.0.0.1", self.port)
+
+    monkeypatch.setattr(local, "_handed_out", set())
+    monkeypatch.setattr(local.socket, "socket", Socket)
+    assert [local.free_port() for _ in range(3)] == [41001, 41002, 41003]
+
+
 def test_down_stops_every_process_of_its_head_and_only_those(ray_head, tmp_path, monkeypatch):
     """A second head with a worker kept busy by a job: `stop` ends the whole tree, renamed workers included,
     and leaves the session's head running. The home directory holds the token a bare `ray.init()` leaves behind,
