@@ -4,11 +4,15 @@
 
 Both servers are started by this run and stay up side by side; each concurrency level is measured on one, then
 the other, over rounds in which the two take turns going first, so load from other processes on the machine hits
-both alike. Each ratio is taken within a round and reported as the median over rounds (each side's figures: the
-median of its rounds).
+both alike, and each measurement starts once both engines are idle (a vLLM worker polls on for a while after its
+last batch, on the core the other server's worker uses). Each ratio is taken within a round and reported as the
+median over rounds (each side's figures: the median of its rounds).
 Requests stream (TTFT = first token on the wire) with ignore_eos, so both produce the same number of tokens.
 The load client (aiohttp) shares the machine's cores with the servers, so it decodes only each stream's first
 text event and its usage event; its CPU share (of one core) is in the report.
+Each side's figures include the CPU seconds per 1,000 output tokens of its parts: the HTTP front end (vLLM's API
+server; the Serve replica), the engine (EngineCore and worker), HAProxy (the app's ingress) and the whole machine.
+On a machine this small the cores are the budget both servers spend, so these say where the app's cost goes.
 Without --model a small random Llama is built offline. The last line of output is the JSON report.
 
 The llmctl app runs on a private head started as `llmctl cluster up` starts one, so its HTTP goes through Serve's
@@ -32,6 +36,7 @@ import time
 
 import aiohttp
 import httpx
+import psutil
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -173,6 +178,76 @@ async def run_level(base_url: str, concurrency: int, requests: int, max_tokens: 
     }
 
 
+ENGINE_PROCESSES = ("VLLM::Worker", "VLLM::EngineCore")
+
+
+def engine_cpu_seconds() -> dict[int, float]:
+    """CPU time so far of every vLLM engine process on the machine (both servers'), by pid."""
+    out = {}
+    for proc in psutil.process_iter(["name", "cmdline", "cpu_times"]):
+        title = " ".join(proc.info["cmdline"] or []) or proc.info["name"] or ""
+        if title.startswith(ENGINE_PROCESSES) and proc.info["cpu_times"] is not None:
+            out[proc.pid] = proc.info["cpu_times"].user + proc.info["cpu_times"].system
+    return out
+
+
+def wait_engines_idle(timeout_s: float, window_s: float = 0.25, busy_share: float = 0.05) -> float:
+    """Wait until no engine process of either server uses more than `busy_share` of a core over `window_s`;
+    returns the seconds waited.
+
+    After its last batch a vLLM worker keeps polling for the next one (shm_broadcast's busy loop, about a second),
+    and on CPU both servers' workers are pinned to the same core: a measurement that starts while the other server's
+    worker still spins runs at half speed. A fixed pause was not always long enough."""
+    start = time.monotonic()
+    before = engine_cpu_seconds()
+    while time.monotonic() - start < timeout_s:
+        time.sleep(window_s)
+        now = engine_cpu_seconds()
+        if all(now[pid] - before.get(pid, now[pid]) <= busy_share * window_s for pid in now):
+            return time.monotonic() - start
+        before = now
+    raise RuntimeError(f"vLLM engine processes still busy after {timeout_s:.0f}s with no load: {sorted(before)}")
+
+
+def server_processes(bare_pid: int) -> dict[str, dict[str, list[psutil.Process]]]:
+    """Each server's processes by part: the HTTP front end (vLLM's API server; the Serve replica), the engine
+    (EngineCore and its worker) and, for the app, the ingress (HAProxy)."""
+
+    def split(front: psutil.Process) -> dict[str, list[psutil.Process]]:
+        return {"frontend": [front], "engine": front.children(recursive=True)}
+
+    replicas = [
+        p for p in psutil.process_iter(["cmdline"]) if f"ServeReplica:{MODEL_ID}" in " ".join(p.info["cmdline"] or [])
+    ]
+    if len(replicas) != 1:
+        raise RuntimeError(f"expected one replica process of the app, found {len(replicas)}")
+    haproxy = [p for p in psutil.process_iter(["name"]) if p.info["name"] == "haproxy"]
+    return {"bare_vllm": split(psutil.Process(bare_pid)), "llmctl_serve": {**split(replicas[0]), "ingress": haproxy}}
+
+
+def cpu_seconds(parts: dict[str, list[psutil.Process]]) -> dict[str, float]:
+    """CPU time so far of each part, and of the whole machine (every process, Ray's daemons and the client too)."""
+    machine = psutil.cpu_times()
+    out = {"machine": sum(getattr(machine, f, 0.0) for f in ("user", "nice", "system", "irq", "softirq"))}
+    for part, procs in parts.items():
+        out[part] = 0.0
+        for proc in procs:
+            try:
+                times = proc.cpu_times()
+            except psutil.Error:  # a process that ended (a restarted replica) counts for nothing
+                continue
+            out[part] += times.user + times.system
+    return out
+
+
+def measure(url: str, parts: dict[str, list[psutil.Process]], level: int, requests: int, args, texts) -> dict:
+    """One level on one server, with the CPU each part of it (and the machine) spent per 1,000 output tokens."""
+    before = cpu_seconds(parts)
+    result = asyncio.run(run_level(url, level, requests, args.max_tokens, texts))
+    after, k_tokens = cpu_seconds(parts), result["output_tokens"] / 1000
+    return {**result, **{f"cpu_s_per_1k_tokens_{p}": round((after[p] - before[p]) / k_tokens, 4) for p in after}}
+
+
 def merge(rounds: list[dict]) -> dict:
     """Median over rounds of each figure."""
     return {k: (statistics.median(r[k] for r in rounds) if k != "requests" else rounds[0][k]) for k in rounds[0]}
@@ -189,24 +264,25 @@ def paired_ratios(bare: list[dict], app: list[dict]) -> dict:
     return out
 
 
-def compare(servers: dict[str, str], args, texts: list[str]) -> dict:
+def compare(servers: dict[str, str], processes: dict, args, texts: list[str]) -> dict:
     report = {}
+    waits: list[float] = []
     for level in args.levels:
         requests = max(args.min_requests, level * args.requests_per_client)
         rounds: dict[str, list[dict]] = {name: [] for name in servers}
         for i in range(args.rounds):
             # Each server goes first in every other round, so whatever the first or second slot suffers is shared.
             for name, url in list(servers.items())[:: 1 if i % 2 == 0 else -1]:
-                # vLLM's workers keep polling for work for a second after their last batch (shm_broadcast's
-                # busy loop), on the same core as the other server's worker: let the previous one go idle first.
-                time.sleep(args.settle_s)
-                rounds[name].append(asyncio.run(run_level(url, level, requests, args.max_tokens, texts)))
+                waits.append(wait_engines_idle(args.idle_timeout_s))
+                rounds[name].append(measure(url, processes[name], level, requests, args, texts))
         report[str(level)] = {
             "bare_vllm": merge(rounds["bare_vllm"]),
             "llmctl_serve": merge(rounds["llmctl_serve"]),
             **paired_ratios(rounds["bare_vllm"], rounds["llmctl_serve"]),
         }
         print(f"concurrency {level}: {json.dumps(report[str(level)])}", file=sys.stderr)
+    report_waits = {"idle_wait_s_max": round(max(waits), 2), "idle_wait_s_median": round(statistics.median(waits), 2)}
+    print(f"waits for idle engines before measurements: {report_waits}", file=sys.stderr)
     return report
 
 
@@ -225,7 +301,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--requests-per-client", type=int, default=8)
     parser.add_argument("--min-requests", type=int, default=48)
     parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--settle-s", type=float, default=2.0, help="pause before each measurement")
+    parser.add_argument(
+        "--idle-timeout-s", type=float, default=30.0,
+        help="longest wait for both servers' engines to go idle before a measurement",
+    )  # fmt: skip
     parser.add_argument(
         "--engine-metrics", choices=("ray", "endpoint", "off"), default="ray",
         help="the app's engine.metrics (bare vLLM keeps its own Prometheus logger unless off)",
@@ -254,7 +333,7 @@ def main() -> None:
         texts = prompts()
         for url in servers.values():  # warm-up: first requests pay one-off costs on both
             asyncio.run(run_level(url, 4, 8, args.max_tokens, texts))
-        levels = compare(servers, args, texts)
+        levels = compare(servers, server_processes(bare.pid), args, texts)
     finally:
         shutdown(bare, head, work)
     report = {
