@@ -12,7 +12,8 @@ The load client (aiohttp) shares the machine's cores with the servers, so it dec
 text event and its usage event; its CPU share (of one core) is in the report.
 Each side's figures include the CPU seconds per 1,000 output tokens of its parts: the HTTP front end (vLLM's API
 server; the Serve replica), the engine (EngineCore and worker), HAProxy (the app's ingress) and the whole machine.
-On a machine this small the cores are the budget both servers spend, so these say where the app's cost goes.
+On a machine this small the cores are the budget both servers spend, so these say where the app's cost goes (the
+engine's figure includes its polling while it waits for work, so it grows with any delay in front of it).
 Without --model a small random Llama is built offline. The last line of output is the JSON report.
 
 The llmctl app runs on a private head started as `llmctl cluster up` starts one, so its HTTP goes through Serve's
@@ -197,7 +198,7 @@ def wait_engines_idle(timeout_s: float, window_s: float = 0.25, busy_share: floa
 
     After its last batch a vLLM worker keeps polling for the next one (shm_broadcast's busy loop, about a second),
     and on CPU both servers' workers are pinned to the same core: a measurement that starts while the other server's
-    worker still spins runs at half speed. A fixed pause was not always long enough."""
+    worker still spins shares that core with it. A fixed 2 s pause was not always long enough."""
     start = time.monotonic()
     before = engine_cpu_seconds()
     while time.monotonic() - start < timeout_s:
