@@ -217,11 +217,14 @@ def test_pipeline_on_s3_survives_losing_a_worker_node_in_curation_and_in_pretrai
 
 
 def _wait(condition, target: jobs.Target, job_id: str, what: str, timeout: float = 600) -> None:
-    """Poll `condition` until it holds; fail early, with the job's log, if the job ends first."""
+    """Poll `condition` until it holds; fail early, with the job's log, if the job ends first (the condition is
+    asked once more then: the job may have ended, as the condition wanted, between the two reads)."""
     deadline = time.monotonic() + timeout
     while not condition():
         state = jobs.status(target, job_id)
-        assert state not in jobs.TERMINAL, f"the job ended {state} before {what}:\n{jobs.logs(target, job_id)[-3000:]}"
+        if state in jobs.TERMINAL:
+            assert condition(), f"the job ended {state} before {what}:\n{jobs.logs(target, job_id)[-3000:]}"
+            return
         assert time.monotonic() < deadline, f"no {what} after {timeout:.0f}s"
         time.sleep(0.2)
 
