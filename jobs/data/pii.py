@@ -14,7 +14,8 @@ from collections import Counter
 from collections.abc import Iterable
 from functools import lru_cache
 
-from jobs.data.pii_detectors import DETECTORS, Detector
+from jobs.data.pii_detectors import Detector, detectors
+from jobs.data.pii_phone import DEFAULT_PHONE_REGIONS
 from pipelines.errors import StageError
 from pipelines.spec.curation import PII_TYPES, PIIConfig
 
@@ -27,11 +28,11 @@ def placeholder(pii_type: str) -> str:
 
 
 @lru_cache(maxsize=32)
-def detectors_for(types: frozenset[str]) -> tuple[Detector, ...]:
+def detectors_for(types: frozenset[str], phone_regions: tuple[str, ...] = DEFAULT_PHONE_REGIONS) -> tuple[Detector, ...]:
     unknown = types - set(PII_TYPES)
     if unknown:
         raise StageError(f"pii: unknown type(s) {', '.join(sorted(unknown))}; valid: {', '.join(PII_TYPES)}")
-    return tuple(d for d in DETECTORS if d.type in types)
+    return tuple(d for d in detectors(phone_regions) if d.type in types)
 
 
 def find_spans(text: str, detectors: Iterable[Detector]) -> list[Span]:
@@ -44,7 +45,7 @@ def find_spans(text: str, detectors: Iterable[Detector]) -> list[Span]:
             continue
         for m in det.pattern.finditer(text):
             start, end = m.span(det.group)
-            length = end - start if det.validate is None else det.validate(text[start:end])
+            length = _validate(det, text, start, end)
             if length is None:
                 continue
             end = start + length if length else end
@@ -54,6 +55,14 @@ def find_spans(text: str, detectors: Iterable[Detector]) -> list[Span]:
             if length:
                 chosen.append((start, end, det.type))
     return sorted(chosen)
+
+
+def _validate(det: Detector, text: str, start: int, end: int) -> int | None:
+    if det.validate is None:
+        return end - start
+    if det.context:
+        return det.validate(text[start:end], text[max(0, start - 40) : start], text[end : end + 8])
+    return det.validate(text[start:end])
 
 
 def apply_spans(text: str, spans: list[Span]) -> tuple[str, dict[str, int]]:
@@ -79,12 +88,16 @@ class Redactor:
     def __init__(self, cfg: PIIConfig):
         self.cfg = cfg
         self.types = frozenset(cfg.types)
-        self._presidio = PresidioBackend(self.types) if cfg.backend == "presidio" else None
+        self.regions = tuple(cfg.phone_regions)
+        self._presidio = PresidioBackend(self.types, self.regions) if cfg.backend == "presidio" else None
+
+    def spans(self, text: str) -> list[Span]:
+        if self._presidio is None:
+            return find_spans(text, detectors_for(self.types, self.regions))
+        return self._presidio.spans(text)
 
     def redact(self, text: str) -> tuple[str, dict[str, int]]:
-        if self._presidio is None:
-            return redact(text, self.types)
-        return apply_spans(text, self._presidio.spans(text))
+        return apply_spans(text, self.spans(text))
 
 
 # llmctl type -> Presidio entity and recognizer class name
@@ -101,7 +114,8 @@ PRESIDIO_ENTITIES = {
 class PresidioBackend:
     """Presidio's predefined pattern recognizers, called directly (no NLP engine, so no spaCy model download)."""
 
-    def __init__(self, types: frozenset[str], score_threshold: float = 0.0):
+    def __init__(self, types: frozenset[str], phone_regions: tuple[str, ...] = DEFAULT_PHONE_REGIONS,
+                 score_threshold: float = 0.0):  # fmt: skip
         try:
             from presidio_analyzer import predefined_recognizers as pr
         except ImportError:
@@ -110,7 +124,8 @@ class PresidioBackend:
                 "Run `pip install presidio-analyzer`, or set pii.backend: regex."
             ) from None
         _offline_tldextract()
-        self.recognizers = [(t, ent, getattr(pr, cls)()) for t, (ent, cls) in PRESIDIO_ENTITIES.items() if t in types]
+        self.recognizers = [(t, ent, _presidio_recognizer(pr, cls, phone_regions))
+                            for t, (ent, cls) in PRESIDIO_ENTITIES.items() if t in types]  # fmt: skip
         self.secrets = detectors_for(frozenset({"SECRET"})) if "SECRET" in types else ()
         self.score_threshold = score_threshold
 
@@ -125,6 +140,12 @@ class PresidioBackend:
             if all(end <= s or start >= e for s, e, _ in chosen):
                 chosen.append((start, end, pii_type))
         return sorted(chosen)
+
+
+def _presidio_recognizer(module, cls: str, phone_regions: tuple[str, ...]):
+    if cls == "PhoneRecognizer":
+        return module.PhoneRecognizer(supported_regions=phone_regions)
+    return getattr(module, cls)()
 
 
 def _offline_tldextract() -> None:

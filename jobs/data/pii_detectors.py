@@ -1,8 +1,8 @@
 """PII detectors: one precompiled regex per shape, then a validator that rejects look-alikes.
 
 A regex only proposes candidates; validators decide (Luhn for cards, SSA rules for SSNs, mod-97 and the
-country's length for IBANs, octet range for IPv4, `ipaddress` for IPv6, digit counts and shapes for
-phones). A 16-digit number that fails Luhn is an order number, not a card, and stays as it is.
+country's length for IBANs, octet range for IPv4, `ipaddress` for IPv6, libphonenumber's metadata for
+phones: jobs.data.pii_phone). A 16-digit number that fails Luhn is an order number, not a card, and stays as it is.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import ipaddress
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from jobs.data.pii_phone import DEFAULT_PHONE_REGIONS, PHONE_RE, PhoneValidator
 
 # A validator gets the candidate text and returns how many of its leading characters are the PII (usually all
 # of them; fewer when the regex overshot, as an IBAN followed by an uppercase word); 0 for a look-alike of
@@ -27,6 +29,7 @@ class Detector:
     triggers: tuple[str, ...] = ()  # the text must contain one of these for the regex to run at all
     group: int = 0  # the regex group that is the PII (secrets are matched together with their keyword)
     needs_digit: bool = False  # skip the regex on text without any digit
+    context: bool = False  # the validator also gets the text just before and after the candidate
 
 
 def luhn_ok(digits: str) -> bool:
@@ -114,34 +117,6 @@ def ipv6(text: str) -> int | None:
     return len(text) if sum(ch not in ":." for ch in text) >= 3 else None
 
 
-_SSN_SHAPE = re.compile(r"\d{3}[- ]\d{2}[- ]\d{4}")
-_DATE_SHAPE = re.compile(r"\d{4}[-./]\d{1,2}[-./]\d{1,2}|\d{1,2}[-./]\d{1,2}[-./]\d{4}")
-_IPV4_SHAPE = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}")
-
-
-def phone(text: str) -> int | None:
-    """7-15 digits (E.164's maximum), not shaped like an SSN, a date or an IPv4 address; a number without a
-    country code has at most 12 digits (longer ones are card-like) and must be written like a phone number:
-    grouped or in parentheses (7+ digits), or as one run of 9+ digits after the trunk prefix 0."""
-    body = re.split(r"\s*(?:x|ext\.?)\s*\d+$", text)[0]
-    digits = sum(ch.isdigit() for ch in body)
-    if not 7 <= digits <= 15:
-        return None
-    if _SSN_SHAPE.fullmatch(body) or _DATE_SHAPE.fullmatch(body) or _IPV4_SHAPE.fullmatch(body):
-        return None
-    if body.startswith(("+", "00")):
-        return len(text)
-    grouped = any(not ch.isdigit() for ch in body)
-    if digits > 12 or not (grouped or (body.startswith("0") and digits >= 9)):
-        return None
-    return len(text)
-
-
-def bare_phone(text: str) -> int | None:
-    """A run of 9-12 digits that a phone keyword just before vouches for (mobile numbers are often written so)."""
-    return len(text) if 9 <= len(text) <= 12 else None
-
-
 def ipv6_trimmed(text: str) -> int | None:
     """ipv6 on the candidate without a sentence's final period."""
     return ipv6(text.rstrip("."))
@@ -150,24 +125,10 @@ def ipv6_trimmed(text: str) -> int | None:
 # Lookbehinds such as (?<!\d[ -]) stop a pattern from starting inside a longer digit sequence, so the tail of
 # an invalid card or IBAN is never re-read as a phone number or an SSN.
 EMAIL_RE = re.compile(r"(?<![\w.%+-])[\w.%+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}(?![\w-])")
-PHONE_RE = re.compile(
-    r"(?<![\w/.+-])(?<!\d[ ])"
-    r"(?:(?:\+|00)\d{1,3}[ .-]?)?"  # country code
-    r"(?:\(0\)[ .-]?)?"  # UK/DE/FR style trunk zero after a country code: +44 (0)20 ...
-    r"(?:\(\d{1,5}\)[ .-]?)?"  # area code in parentheses
-    r"\d{1,12}(?:[ .-]\d{1,12}){0,6}"
-    r"(?:\s?(?:x|ext\.?)\s?\d{1,5})?"  # extension
-    r"(?![\w-])(?![ .-]?\d)"
-)
-# A phone keyword (English, German, French, Italian, Spanish, Dutch) up to 25 non-digit characters before.
-PHONE_CONTEXT_RE = re.compile(
-    r"(?i:\b(?:call|phone|tel|mobile|cell|fax|hotline|whatsapp|telefon\w*|t[ée]l[ée]phone|tel[ée]fono|cellulare|"
-    r"m[óo]vil|bellen)\b)[^\d\n]{0,25}?(?<![\w+-])(\d{9,12})(?![\w-])"
-)
 CARD_RE = re.compile(r"(?<![\w.+-])(?<!\d[ -])\d(?:[ -]?\d){11,18}(?![\w-])(?![ -]\d)")
 SSN_RE = re.compile(r"(?<![\w-])(?<!\d )\d{3}([- ])\d{2}\1\d{4}(?![\w-])(?![ -]\d)")
 IBAN_RE = re.compile(r"(?<!\w)[A-Z]{2}\d{2}(?:(?: [A-Z0-9]{4}){2,7}(?: [A-Z0-9]{1,3})?|[A-Z0-9]{11,30})(?![A-Za-z0-9])")
-IPV4_RE = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?!\w)(?!\.\d)")
+IPV4_RE = re.compile(r"(?<![\w.+])(?:\d{1,3}\.){3}\d{1,3}(?!\w)(?!\.\d)")
 IPV6_RE = re.compile(r"(?<![\w:.])[0-9A-Fa-f]{0,4}:[0-9A-Fa-f:]*:[0-9A-Fa-f:.]*(?![\w:])")
 AWS_KEY_ID_RE = re.compile(
     r"(?<![A-Z0-9])(?:AKIA|ASIA|AGPA|AIDA|AROA|AIPA|ANPA|ANVA|APKA|ABIA|ACCA)[A-Z0-9]{16}(?![A-Z0-9])"
@@ -180,7 +141,7 @@ GITHUB_RE = re.compile(r"(?<!\w)(?:gh[pousr]_[A-Za-z0-9]{36}|github_pat_\w{82})(
 GOOGLE_API_RE = re.compile(r"(?<![\w-])AIza[\w-]{35}(?![\w-])")
 SLACK_RE = re.compile(r"(?<![\w-])xox[abprs]-[A-Za-z0-9-]{10,72}(?![\w-])")
 
-# In priority order: when two candidates overlap, the earlier detector's wins.
+# In priority order: when two candidates overlap, the earlier detector's wins. Phone numbers come last (below).
 DETECTORS: tuple[Detector, ...] = (
     Detector("SECRET", PEM_RE, triggers=("-----BEGIN",)),
     Detector("SECRET", AWS_KEY_ID_RE, triggers=("AKIA", "ASIA", "AGPA", "AIDA", "AROA", "AIPA", "ANPA", "ANVA",
@@ -195,6 +156,10 @@ DETECTORS: tuple[Detector, ...] = (
     Detector("US_SSN", SSN_RE, us_ssn, needs_digit=True),
     Detector("IP_ADDRESS", IPV6_RE, ipv6_trimmed, triggers=(":",)),
     Detector("IP_ADDRESS", IPV4_RE, ipv4, needs_digit=True, triggers=(".",)),
-    Detector("PHONE", PHONE_RE, phone, needs_digit=True),
-    Detector("PHONE", PHONE_CONTEXT_RE, bare_phone, group=1, needs_digit=True),
 )
+
+
+def detectors(phone_regions: tuple[str, ...] = DEFAULT_PHONE_REGIONS) -> tuple[Detector, ...]:
+    """Every detector in priority order; phone numbers last, validated for the given regions."""
+    phone = Detector("PHONE", PHONE_RE, PhoneValidator(phone_regions), needs_digit=True, context=True)
+    return (*DETECTORS, phone)

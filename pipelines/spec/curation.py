@@ -259,6 +259,16 @@ class MinHashConfig(Model):
         return self
 
 
+# ISO 3166 codes, as libphonenumber names regions: North America, the British Isles, Oceania, South Africa,
+# India, Singapore, Hong Kong, Japan, the EU's larger members and their neighbours, Latin America's largest.
+DEFAULT_PHONE_REGIONS: tuple[str, ...] = (
+    "US", "CA", "GB", "IE", "AU", "NZ", "ZA", "IN", "SG", "HK", "JP",
+    "DE", "AT", "CH", "FR", "BE", "NL", "LU", "IT", "ES", "PT", "SE", "NO", "DK", "FI", "PL", "CZ",
+    "BR", "MX", "AR",
+)  # fmt: skip
+# Names people use for a region that ISO 3166 (and so libphonenumber) spells otherwise.
+REGION_ALIASES = {"UK": "GB", "EN": "GB", "USA": "US", "GER": "DE", "SP": "ES", "SUI": "CH", "JA": "JP"}
+
 PIIType = Literal["EMAIL", "PHONE", "IP_ADDRESS", "CREDIT_CARD", "US_SSN", "IBAN", "SECRET"]
 PII_TYPES: tuple[str, ...] = ("EMAIL", "PHONE", "IP_ADDRESS", "CREDIT_CARD", "US_SSN", "IBAN", "SECRET")
 
@@ -276,6 +286,32 @@ class PIIConfig(Model):
         description="'regex': llmctl's precompiled patterns and validators (fast, no dependencies). 'presidio': "
         "Microsoft Presidio's pattern recognizers (needs `pip install presidio-analyzer`); SECRET stays regex.",
     )
+
+    phone_regions: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_PHONE_REGIONS),
+        description="Regions (ISO 3166 alpha-2, as Google's libphonenumber names them) whose national formats count "
+        "as phone numbers: `07700 900123` is found only if GB is listed. A number written with + or 00 and a "
+        "country code is found for any country. The default covers North America, the British Isles, Oceania, "
+        "South Africa, India, Singapore, Hong Kong, Japan, the larger EU countries and their neighbours, Brazil, "
+        "Mexico and Argentina; add your corpus's regions, and remove ones it does not have (each region is one "
+        "more way for an ID number to read as a phone number).",
+    )
+
+    @model_validator(mode="after")
+    def _known_phone_regions(self) -> PIIConfig:
+        if set(self.phone_regions) <= set(DEFAULT_PHONE_REGIONS):
+            return self
+        from phonenumbers import SUPPORTED_REGIONS  # 50 ms to import: only for lists beyond the default
+
+        unknown = [r for r in self.phone_regions if r not in SUPPORTED_REGIONS]
+        if unknown:
+            hints = [f"{r} (did you mean {REGION_ALIASES[r.upper()]}?)" if r.upper() in REGION_ALIASES else r
+                     for r in unknown]  # fmt: skip
+            raise ValueError(
+                f"pii.phone_regions: unknown region code(s) {', '.join(hints)}; use ISO 3166 alpha-2 codes that "
+                f"libphonenumber knows: {', '.join(sorted(SUPPORTED_REGIONS))}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _unique_types(self) -> PIIConfig:

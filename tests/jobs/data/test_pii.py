@@ -79,7 +79,6 @@ def test_validators():
     assert det.iban("DE12 3704 0044 0532 0130 00") == 0 and det.iban("XX89 3704 0044 0532 0130 00") is None
     assert det.ipv4("255.255.255.255") and det.ipv4("256.1.1.1") == 0
     assert det.ipv6("fe80::1") and det.ipv6("12:30:45") is None
-    assert det.phone("123-45-6789") is None and det.phone("2024-01-15") is None and det.phone("5550143") is None
 
 
 def test_generated_values_round_trip():
