@@ -45,16 +45,21 @@ def luhn_ok(digits: str) -> bool:
 MAESTRO_PREFIXES = ("50", "56", "57", "58", "6", "0604")  # Maestro numbers can be as short as 12 digits
 
 
-def card(text: str) -> int | None:
-    """12-19 digits (12 only for Maestro) with one kind of separator, an issuer's first digit (1-6, or Maestro's
-    0604) and a valid Luhn check digit."""
+# A card word a few characters before: a 12-digit Maestro number is written next to one, and a parcel or
+# account number of 12 digits (4-4-4) is not.
+CARD_WORD_RE = re.compile(r"(?i:\b(?:card|maestro|visa|mastercard|debit|credit|paid|pay|karte|carte|tarjeta|carta)\b)\D{0,25}$")
+
+
+def card(text: str, before: str = "", after: str = "") -> int | None:
+    """12-19 digits with one kind of separator, an issuer's first digit (1-6, or Maestro's 0604) and a valid Luhn
+    check digit; 12 digits only for Maestro, after a card word."""
     digits = "".join(ch for ch in text if ch.isdigit())
     separators = {ch for ch in text if not ch.isdigit()}
     if not 12 <= len(digits) <= 19 or len(separators) > 1:
         return None
-    if (digits[0] not in "123456" and not digits.startswith("0604")) or (
-        len(digits) == 12 and not digits.startswith(MAESTRO_PREFIXES)
-    ):
+    if digits[0] not in "123456" and not digits.startswith("0604"):
+        return None
+    if len(digits) == 12 and not (digits.startswith(MAESTRO_PREFIXES) and CARD_WORD_RE.search(before)):
         return None
     return len(text) if luhn_ok(digits) else 0
 
@@ -152,7 +157,7 @@ DETECTORS: tuple[Detector, ...] = (
     Detector("SECRET", SLACK_RE, triggers=("xox",)),
     Detector("EMAIL", EMAIL_RE, triggers=("@",)),
     Detector("IBAN", IBAN_RE, iban, needs_digit=True),
-    Detector("CREDIT_CARD", CARD_RE, card, needs_digit=True),
+    Detector("CREDIT_CARD", CARD_RE, card, needs_digit=True, context=True),
     Detector("US_SSN", SSN_RE, us_ssn, needs_digit=True),
     Detector("IP_ADDRESS", IPV6_RE, ipv6_trimmed, triggers=(":",)),
     Detector("IP_ADDRESS", IPV4_RE, ipv4, needs_digit=True, triggers=(".",)),

@@ -9,8 +9,8 @@ with a country code, after a trunk prefix, or right after a phone word). What is
   Any country counts, and length is enough: the allocation data lags the numbers people hand out, and a `+`
   in front of a digit run is how people write a phone number, rarely anything else;
 - written with `00` or in national format: a valid number (an allocated range, not just a length) of one of
-  the configured regions (`pii.phone_regions`). A region whose national (trunk) prefix is `0` needs it, as
-  people write such numbers (`07700 063 966`, `030 1234567`); North America's `1` is optional.
+  the configured regions (`pii.phone_regions`). Where a region's numbers are written with their trunk prefix
+  (`07700 063 966`, `030 1234567`), it must be there; Brazil's `(11) 2345-6789` and North America's go without.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from functools import lru_cache
 
 from pipelines.spec.curation import DEFAULT_PHONE_REGIONS
 
-_SEP = r"(?:[ ]?[./-][ ]?|[ ])"
+_SEP = r"(?:[ ]?[/-][ ]?|\.|[ ])"  # "1974-02-28. 0031 …" is a date and then a number, not one number
 _PAREN = r"\((?:\+|00)?\d{1,5}\)"  # (0), (020), (+44)
 # Groups of digits and parenthesised codes with one separator between them, an optional extension. It may not
 # start or end inside a longer run of digits, a word, a time (12:30) or a decimal, so the tail of an order number
@@ -48,7 +48,9 @@ OTHER_NUMBER_WORD_RE = re.compile(
     r"transaction|txn|po|zip|postcode|plz|iban|bic|swift|vat|ein|tin|policy|claim|member|customer|"
     r"registration|reg|license|licence|passport|record|file|page|pages|pp|score|total|amount)\b)[\s.:#№-]{0,4}$"
 )
-_CURRENCY_BEFORE = re.compile(r"(?:[$€£¥₹]|\b(?:EUR|USD|GBP|CHF|JPY|INR|AUD|CAD|SEK|NOK|DKK|PLN|BRL|Rs\.?))\s?$")
+_CURRENCY_BEFORE = re.compile(
+    r"(?:[$€£¥₹]|\b(?:EUR|USD|GBP|CHF|JPY|INR|AUD|CAD|SEK|NOK|DKK|PLN|BRL|Rs\.?|Fr\.|kr\.?|zł|R\$))\s?$"
+)
 _UNIT_AFTER = re.compile(r"^\s?(?:[$€£¥₹%‰°]|(?:EUR|USD|GBP|CHF|JPY|SEK|NOK|DKK|PLN|BRL|kg|km|mi|bytes|MB|GB|ms)\b)")
 
 _YEAR, _MONTH, _DAY = r"(?:1[6-9]|20)\d\d", r"(?:0?[1-9]|1[0-2])", r"(?:0?[1-9]|[12]\d|3[01])"
@@ -57,10 +59,16 @@ _NOT_PHONE = re.compile(
     rf"{_YEAR}([-./ ]){_MONTH}\1{_DAY}(?:[ T].*)?"  # 2000-04-16, 2000/4/16 11
     rf"|{_DAY}([-./ ]){_MONTH}\2{_YEAR}(?:[ T].*)?|{_MONTH}([-./ ]){_DAY}\3{_YEAR}(?:[ T].*)?"  # 16.04.2000, 4/16/2000
     rf"|{_YEAR}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])"  # 20000416
-    r"|\d{5}-\d{4}"  # ZIP+4
+    r"|\d{5}-\d{4}|\d{5}-\d{3}"  # ZIP+4, Brazil's CEP
+    r"|[1-9]\d{3}(?:[ -]\d{4}){2,3}(?:[ -]\d{1,3})?"  # digits in fours: a card, account or parcel number
+    r"|\d{1,3}(?:[ ,.']\d{3})+[.,]\d{2}"  # an amount: 27 356.50, 1.234.567,89
     r"|\d{3}-\d{2}-\d{4}"  # SSN-shaped: an SSN or an ID, never a phone
-    r"|\d{1,3}\.\d{4,}(?:[ ,]+\d{1,3}\.\d{4,})?"  # decimal degrees: 48.85661, 151.2093
+    r"|\d+\.\d+|\d{1,3}\.\d{3,}[ ,]+\d{1,3}\.\d{3,}"  # decimals (arXiv 2403.12345) and coordinates
+    r"|(?:1[6-9]|20)\d\d ?- ?(?:1[6-9]|20)\d\d"  # a span of years: (c) 2015-2024
 )
+
+# Hyphenated ISBNs end in a one-character check group: 978-3-16-148410-0, 0-306-40615-2.
+_ISBN_SHAPE = re.compile(r"(?:\d+[- ]){2,4}\d")
 
 
 def isbn_ok(digits: str) -> bool:
@@ -74,7 +82,7 @@ def isbn_ok(digits: str) -> bool:
 
 def not_a_phone(body: str, digits: str, before: str, after: str) -> bool:
     """The candidate is a date, timestamp, ZIP+4, SSN, coordinate, ISBN, price or another named number."""
-    if _NOT_PHONE.fullmatch(body) or (body.count("-") >= 2 and isbn_ok(digits)):
+    if _NOT_PHONE.fullmatch(body) or (_ISBN_SHAPE.fullmatch(body) and isbn_ok(digits)):
         return True
     if _CURRENCY_BEFORE.search(before) or _UNIT_AFTER.match(after):
         return True
@@ -97,7 +105,7 @@ class PhoneValidator:
 
         self.pn = phonenumbers
         self.regions = tuple(_RegionRule.of(code) for code in regions)
-        self.country_codes = {r.country_code for r in self.regions}
+        self.country_codes = {phonenumbers.country_code_for_region(code) for code in regions}
         self.valid = lru_cache(maxsize=1 << 16)(self._parses)
 
     def __call__(self, candidate: str, before: str = "", after: str = "") -> int | None:
@@ -149,9 +157,9 @@ class PhoneValidator:
 class _RegionRule:
     """What a region's metadata says cheaply about its national numbers, to skip the parser on most regions."""
 
-    def __init__(self, code: str, country_code: int, prefix: str | None, lengths: frozenset[int],
+    def __init__(self, code: str, prefix: str | None, prefix_required: bool, lengths: frozenset[int],
                  pattern: re.Pattern, simple_prefix: bool):  # fmt: skip
-        self.code, self.country_code, self.prefix = code, country_code, prefix
+        self.code, self.prefix, self.prefix_required = code, prefix, prefix_required
         self.lengths, self.pattern, self.simple_prefix = lengths, pattern, simple_prefix
 
     @classmethod
@@ -161,20 +169,22 @@ class _RegionRule:
         meta = phonenumbers.PhoneMetadata.metadata_for_region(code)
         if meta is None:
             raise ValueError(f"unknown phone region {code!r}")
-        general = meta.general_desc
-        simple = meta.national_prefix_for_parsing in (None, meta.national_prefix)
-        return cls(code, meta.country_code, meta.national_prefix, frozenset(general.possible_length),
+        prefix, general = meta.national_prefix, meta.general_desc
+        # Whether people write the trunk prefix: GB's numbers read 0121 234 5678, Brazil's (11) 2345-6789.
+        written = phonenumbers.format_number(phonenumbers.example_number(code), phonenumbers.PhoneNumberFormat.NATIONAL)
+        required = bool(prefix) and _NON_DIGIT.sub("", written).startswith(prefix)
+        simple = meta.national_prefix_for_parsing in (None, prefix)
+        return cls(code, prefix, required, frozenset(general.possible_length),
                    re.compile(general.national_number_pattern), simple)  # fmt: skip
 
     def may_hold(self, digits: str) -> bool:
-        """Trunk prefix present where the region has one (North America's 1 optional), then the national number's
-        length and the region's general pattern; regions with an elaborate prefix rule go to the parser."""
+        """The trunk prefix where the region's numbers are written with it, then the national number's length and
+        the region's general pattern; regions with an elaborate prefix rule go to the parser."""
         national = digits
-        if self.prefix:
-            if digits.startswith(self.prefix):
-                national = digits[len(self.prefix) :]
-            elif self.country_code != 1:
-                return False
+        if self.prefix and digits.startswith(self.prefix):
+            national = digits[len(self.prefix) :]
+        elif self.prefix_required:
+            return False
         if not self.simple_prefix:
             return True
         return len(national) in self.lengths and self.pattern.fullmatch(national) is not None

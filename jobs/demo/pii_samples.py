@@ -102,16 +102,21 @@ def email(rng: random.Random) -> str:
     return f"{user}@{rng.choice(DOMAINS)}"
 
 
+# Area codes in service (a random one may be unassigned, and a number there does not exist).
+US_AREA_CODES = (202, 206, 212, 303, 305, 312, 404, 415, 512, 617, 702, 718, 805, 916)
+
+
 def phone(rng: random.Random) -> str:
     d = lambda n: _digits(rng, n)  # noqa: E731
+    area = lambda: rng.choice(US_AREA_CODES)  # noqa: E731
     formats = [
         lambda: f"+44 20 7946 {d(4)}",
         lambda: f"+1-202-555-{d(4)}",
-        lambda: f"({rng.randint(201, 989)}) 555-{d(4)}",
+        lambda: f"({area()}) 555-{d(4)}",
         lambda: f"020 7946 {d(4)}",
-        lambda: f"+1 {rng.randint(201, 989)} {d(3)} {d(4)}",
+        lambda: f"+1 {area()} {rng.randint(2, 9)}{d(2)} {d(4)}",
         lambda: f"+33 1 {d(2)} {d(2)} {d(2)} {d(2)}",
-        lambda: f"{rng.randint(201, 989)}-555-{d(4)}",
+        lambda: f"{area()}-555-{d(4)}",
         lambda: f"+49 30 {d(8)}",
     ]
     return rng.choice(formats)()
