@@ -149,9 +149,30 @@ class PhoneValidator:
                 number = self.pn.parse(text, rule.code)
             except self.pn.NumberParseException:
                 continue
-            if self.pn.is_valid_number_for_region(number, rule.code):
+            if not self.pn.is_valid_number_for_region(number, rule.code):
+                continue
+            if rule.prefix_required or self._grouped_as_written(text, number):
                 return True
         return False
+
+    def _grouped_as_written(self, text: str, number) -> bool:
+        """The candidate's digit groups join the region's own groups and never split one: `441 287 2209` is a
+        Mexican number, `4412-87-2209` an ID. Only asked where no trunk prefix vouches for a national number."""
+        written = self.pn.format_number(number, self.pn.PhoneNumberFormat.NATIONAL)
+        ours, theirs = group_ends(text), group_ends(written)
+        return ours <= theirs | {len(_NON_DIGIT.sub("", written))}
+
+
+def group_ends(text: str) -> set[int]:
+    """Where digit groups end, counted in digits from the number's end (so a leading trunk or country code does
+    not shift them): `(202) 555-0143` -> {4, 7}."""
+    ends, seen = set(), 0
+    for ch in reversed(text):
+        if ch.isdigit():
+            seen += 1
+        elif seen:
+            ends.add(seen)
+    return ends - {sum(ch.isdigit() for ch in text)}
 
 
 class _RegionRule:

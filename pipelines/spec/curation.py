@@ -261,9 +261,10 @@ class MinHashConfig(Model):
 
 # ISO 3166 codes, as libphonenumber names regions: North America, the British Isles, Oceania, South Africa,
 # India, Singapore, Hong Kong, Japan, the EU's larger members and their neighbours, Latin America's largest.
+# Luxembourg is left out: its numbers take almost any digits in almost any grouping (4412-87-2209 is one).
 DEFAULT_PHONE_REGIONS: tuple[str, ...] = (
     "US", "CA", "GB", "IE", "AU", "NZ", "ZA", "IN", "SG", "HK", "JP",
-    "DE", "AT", "CH", "FR", "BE", "NL", "LU", "IT", "ES", "PT", "SE", "NO", "DK", "FI", "PL", "CZ",
+    "DE", "AT", "CH", "FR", "BE", "NL", "IT", "ES", "PT", "SE", "NO", "DK", "FI", "PL", "CZ",
     "BR", "MX", "AR",
 )  # fmt: skip
 # Names people use for a region that ISO 3166 (and so libphonenumber) spells otherwise.
