@@ -122,6 +122,11 @@ def _data(s: StageRecord) -> str:
         ordered = sorted(pii.items(), key=lambda kv: -kv[1])
         out.append(_img(charts.hbars([k for k, _ in ordered], [v for _, v in ordered], "PII redacted by type",
                                      "redactions", charts.GREEN), "PII by type", "pii"))  # fmt: skip
+    examples = stats.get("pii_examples") or {}
+    if examples:
+        rows = [[kind, context] for kind, contexts in examples.items() for context in contexts]
+        out.append("<p>Redacted examples: the text around each value, the value's letters and digits masked.</p>")
+        out.append(_table(["PII type", "in context"], rows))
     return "\n".join(out)
 
 

@@ -20,6 +20,7 @@ from pipelines.errors import StageError
 from pipelines.spec.curation import PII_TYPES, PIIConfig
 
 _DIGIT = re.compile(r"\d")
+_MASK_DIGIT, _MASK_LETTER = re.compile(r"\d"), re.compile(r"[^\W\d_]")
 Span = tuple[int, int, str]  # start, end, type
 
 
@@ -75,6 +76,21 @@ def apply_spans(text: str, spans: list[Span]) -> tuple[str, dict[str, int]]:
         last = end
     out.append(text[last:])
     return "".join(out), dict(Counter(t for _, _, t in spans))
+
+
+def masked_examples(text: str, spans: list[Span], width: int = 40) -> list[tuple[str, str]]:
+    """(type, context) per span: the redacted text around it, and in brackets the value's shape, its letters and
+    digits masked (`[+## (#)## ### ## ##]`), so a reader can tell a phone number from a date without seeing it."""
+    redacted, _ = apply_spans(text, spans)
+    out, shift = [], 0
+    for start, end, pii_type in spans:
+        at = start + shift
+        shift += len(placeholder(pii_type)) - (end - start)
+        shape = _MASK_DIGIT.sub("#", _MASK_LETTER.sub("x", text[start:end]))
+        after = at + len(placeholder(pii_type))
+        context = redacted[max(0, at - width) : at] + f"[{shape}]" + redacted[after : after + width]
+        out.append((pii_type, " ".join(context.split())))
+    return out
 
 
 def redact(text: str, types: Iterable[str] = PII_TYPES) -> tuple[str, dict[str, int]]:

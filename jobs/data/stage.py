@@ -31,13 +31,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
     ds = apply_quality_filters(ds, spec).materialize()  # dedup starts from these blocks; no extra pass
     ctx.progress(phase="dedup", rows_read=ds.count())
     kept, rejected, dedup_stats = deduplicate(ds, spec)
-    kept, pii_counts = redact_pii(kept, spec)
+    kept, pii_found = redact_pii(kept, spec)
     rows = write_outputs(ctx, kept, rejected)
-    stats = build_stats(rows, pii_counts, dedup_stats, spec)
+    stats = build_stats(rows, pii_found, dedup_stats, spec)
     storage.write_json(ctx.path("stats.json"), stats)
     storage.write_text(ctx.path("report.md"), render_report(ctx.name, stats))
     ctx.log(f"rows in {rows['in']} -> out {rows['out']}")
-    return {"rows": rows, "pii": pii_counts, "near_dup_clusters": dedup_stats.get("near", {}).get("clusters")}
+    return {"rows": rows, "pii": stats["pii"], "near_dup_clusters": dedup_stats.get("near", {}).get("clusters")}
 
 
 def use_shuffle(kind: str) -> None:
@@ -162,7 +162,11 @@ def deduplicate(ds, spec):
     return kept, rejected[0].union(*rejected[1:]) if len(rejected) > 1 else rejected[0], stats
 
 
-def redact_pii(kept, spec) -> tuple[Any, dict[str, int]]:
+PII_EXAMPLES = 5  # redacted examples per PII type in stats.json and the reports
+
+
+def redact_pii(kept, spec) -> tuple[Any, dict[str, Any]]:
+    """Redacted rows, and {"counts": per type, "examples": a few masked contexts per type}."""
     if spec.pii is None:
         return kept.materialize(), {}
     from jobs.data import pii
@@ -171,21 +175,34 @@ def redact_pii(kept, spec) -> tuple[Any, dict[str, int]]:
 
     def redact(batch: pa.Table) -> pa.Table:
         redactor = pii.Redactor(config)
-        texts, counts = [], []
+        texts, counts, examples = [], [], []
+        wanted: dict[str, int] = {}  # examples taken per type in this batch
         for text in batch.column("text").to_pylist():
-            new, found = redactor.redact(text)
+            spans = redactor.spans(text)
+            new, found = pii.apply_spans(text, spans)
             texts.append(new)
             counts.append(json.dumps(found, sort_keys=True))
+            picked = [ex for ex in pii.masked_examples(text, spans) if wanted.get(ex[0], 0) < PII_EXAMPLES]
+            for kind, _ in picked:
+                wanted[kind] = wanted.get(kind, 0) + 1
+            examples.append(json.dumps(picked) if picked else "")
         batch = batch.set_column(batch.schema.get_field_index("text"), "text", pa.array(texts, pa.string()))
-        return batch.append_column("pii", pa.array(counts, pa.string()))
+        batch = batch.append_column("pii", pa.array(counts, pa.string()))
+        return batch.append_column("pii_examples", pa.array(examples, pa.string()))
 
     marked = kept.map_batches(redact, batch_format="pyarrow").materialize()
     totals: dict[str, int] = {}
-    for batch in marked.select_columns(["pii"]).iter_batches(batch_format="pyarrow", batch_size=10_000):
-        for found in batch.column("pii").to_pylist():
+    examples: dict[str, list[str]] = {}
+    for batch in marked.select_columns(["pii", "pii_examples"]).iter_batches(batch_format="pyarrow",
+                                                                          batch_size=10_000):  # fmt: skip
+        for found, picked in zip(batch.column("pii").to_pylist(), batch.column("pii_examples").to_pylist()):
             for kind, n in json.loads(found).items():
                 totals[kind] = totals.get(kind, 0) + n
-    return marked.select_columns(KEEP_COLUMNS), dict(sorted(totals.items()))
+            for kind, context in json.loads(picked) if picked else ():
+                if len(examples.setdefault(kind, [])) < PII_EXAMPLES:
+                    examples[kind].append(context)
+    summary = {"counts": dict(sorted(totals.items())), "examples": dict(sorted(examples.items()))}
+    return marked.select_columns(KEEP_COLUMNS), summary
 
 
 def write_outputs(ctx: StageContext, kept, rejected) -> dict[str, Any]:
@@ -251,8 +268,9 @@ def funnel(out: int, by_reason: dict[str, int]) -> dict[str, Any]:
     return {**rows, "by_reason": dict(sorted(by_reason.items()))}
 
 
-def build_stats(rows: dict[str, Any], pii_counts: dict[str, int], dedup_stats: dict[str, Any], spec) -> dict:
-    return {"rows": rows, "pii": pii_counts, "dedup": dedup_stats, "config": spec.model_dump(mode="json")}
+def build_stats(rows: dict[str, Any], pii_found: dict[str, Any], dedup_stats: dict[str, Any], spec) -> dict:
+    return {"rows": rows, "pii": pii_found.get("counts", {}), "pii_examples": pii_found.get("examples", {}),
+            "dedup": dedup_stats, "config": spec.model_dump(mode="json")}  # fmt: skip
 
 
 def render_report(name: str, stats: dict[str, Any]) -> str:
@@ -264,6 +282,8 @@ def render_report(name: str, stats: dict[str, Any]) -> str:
     if stats["pii"]:
         lines += ["", "## PII redacted", "", "| type | count |", "|---|---:|"]
         lines += [f"| {k} | {v} |" for k, v in stats["pii"].items()]
+        lines += ["", "Examples (the value's letters and digits masked):", ""]
+        lines += [f"- {k}: `{c}`" for k, contexts in stats.get("pii_examples", {}).items() for c in contexts]
     near = stats["dedup"].get("near")
     if near:
         lines += ["", "## Near-duplicate detection", "", "```", json.dumps(near, indent=2), "```"]

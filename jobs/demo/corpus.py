@@ -133,6 +133,7 @@ LOOKALIKE_SENTENCES = (
     ("US_SSN", "The file reference {} was written on the folder.", lambda r: pii.ssn(r, valid=False)),
     ("IBAN", "The catalogue code {} was copied from the shelf.", lambda r: pii.iban(r, valid=False)),
     ("IP_ADDRESS", "The sensor value {} appeared in the report.", lambda r: pii.ipv4(r, valid=False)),
+    ("PHONE", "The ledger entry {} was checked twice.", pii.phone_lookalike),
 )
 
 

@@ -122,6 +122,17 @@ def phone(rng: random.Random) -> str:
     return rng.choice(formats)()
 
 
+def phone_lookalike(rng: random.Random) -> str:
+    """Number-shaped text a corpus is full of that is no phone number: a timestamp, an ID, a ZIP+4 code."""
+    formats = [
+        lambda: f"{rng.randint(1990, 2030)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d} "
+        f"{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}:{rng.randint(0, 59):02d}",
+        lambda: f"{rng.randint(1000, 9999)}-{rng.randint(10, 99)}-{rng.randint(1000, 9999)}",
+        lambda: f"{rng.randint(10000, 99999)}-{rng.randint(1000, 9999)}",
+    ]
+    return rng.choice(formats)()
+
+
 def ipv4(rng: random.Random, valid: bool = True) -> str:
     octets = [rng.randint(1, 254) for _ in range(4)]
     if not valid:

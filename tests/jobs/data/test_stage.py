@@ -86,6 +86,11 @@ def test_demo_corpus_funnel_matches_what_was_planted(ray_session, tmp_path):
     assert all(r["dup_of"] for r in rejected if r["reason"].startswith("duplicate:"))
     planted_pii = manifest["planted"]["pii"]
     assert metrics["pii"] == {k: v for k, v in planted_pii.items() if v}, "every planted PII value is counted"
+    examples = stats["pii_examples"]
+    assert set(examples) == set(metrics["pii"]) and all(1 <= len(v) <= stage.PII_EXAMPLES for v in examples.values())
+    for contexts in examples.values():  # the value's shape in brackets, no digit or letter of it
+        assert all(re.search(r"\[[#x\W_]+\]", c) for c in contexts), contexts
+    assert "Examples (the value's letters and digits masked)" in open(ctx.path("report.md")).read()
     kept = pq.read_table(ctx.path("data")).column("text").to_pylist()
     assert any("<EMAIL>" in t for t in kept)
     assert not any(re.search(r"[\w.+-]+@[\w-]+\.[\w.]+", t) for t in kept), "emails are redacted in the output"
