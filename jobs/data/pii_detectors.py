@@ -130,7 +130,7 @@ def ipv6_trimmed(text: str) -> int | None:
 # Lookbehinds such as (?<!\d[ -]) stop a pattern from starting inside a longer digit sequence, so the tail of
 # an invalid card or IBAN is never re-read as a phone number or an SSN.
 EMAIL_RE = re.compile(r"(?<![\w.%+-])[\w.%+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}(?![\w-])")
-CARD_RE = re.compile(r"(?<![\w.+-])(?<!\d[ -])\d(?:[ -]?\d){11,18}(?![\w-])(?![ -]\d)")
+CARD_RE = re.compile(r"(?<![\w./+-])(?<!\d[ -])\d(?:[ -]?\d){11,18}(?![\w-])(?![ -]\d)")
 SSN_RE = re.compile(r"(?<![\w-])(?<!\d )\d{3}([- ])\d{2}\1\d{4}(?![\w-])(?![ -]\d)")
 IBAN_RE = re.compile(r"(?<!\w)[A-Z]{2}\d{2}(?:(?: [A-Z0-9]{4}){2,7}(?: [A-Z0-9]{1,3})?|[A-Z0-9]{11,30})(?![A-Za-z0-9])")
 IPV4_RE = re.compile(r"(?<![\w.+])(?:\d{1,3}\.){3}\d{1,3}(?!\w)(?!\.\d)")

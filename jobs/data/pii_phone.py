@@ -46,7 +46,7 @@ OTHER_NUMBER_WORD_RE = re.compile(
     r"(?i:\b(?:isbn(?:-1[03])?|issn|doi|order|invoice|inv|ref|reference|tracking|serial|s/n|sku|id|no|nr|num|"
     r"account|acct|ticket|case|version|ver|v|build|release|patent|lot|batch|part|model|item|receipt|"
     r"transaction|txn|po|zip|postcode|plz|iban|bic|swift|vat|ein|tin|policy|claim|member|customer|"
-    r"registration|reg|license|licence|passport|record|file|page|pages|pp|score|total|amount)\b)[\s.:#№-]{0,4}$"
+    r"registration|reg|license|licence|passport|record|file|page|pages|pp|score|total|amount)\b)[\s.:#№=({\'\"-]{0,5}$"
 )
 _CURRENCY_BEFORE = re.compile(
     r"(?:[$€£¥₹]|\b(?:EUR|USD|GBP|CHF|JPY|INR|AUD|CAD|SEK|NOK|DKK|PLN|BRL|Rs\.?|Fr\.|kr\.?|zł|R\$))\s?$"
@@ -65,6 +65,7 @@ _NOT_PHONE = re.compile(
     r"|\d{3}-\d{2}-\d{4}"  # SSN-shaped: an SSN or an ID, never a phone
     r"|\d+\.\d+|\d{1,3}\.\d{3,}[ ,]+\d{1,3}\.\d{3,}"  # decimals (arXiv 2403.12345) and coordinates
     r"|(?:1[6-9]|20)\d\d ?- ?(?:1[6-9]|20)\d\d"  # a span of years: (c) 2015-2024
+    r"|\d+(?:\.\d+)+ ?- ?\d+(?:\.\d+)+"  # a range of versions or decimals: 0.41.0 - 0.43.0
 )
 
 # Hyphenated ISBNs end in a one-character check group: 978-3-16-148410-0, 0-306-40615-2.

@@ -57,6 +57,8 @@ def test_phone_formats_are_redacted(number):
         "Copyright (c) 2015-2024 the authors; see arXiv 2403.12345.",
         "FedEx 3486 3662 5967 left the depot; order 020 7946 0958 is ready.",  # parcel id; a named order number
         "Invoice 4829103746 and unix time 1713264875 were logged.",  # bare runs with no phone word
+        "Supported: 0.41.0 - 0.43.0 and 0.37.0 - 0.39.1; issn = {2475-9066}.",  # version ranges, a named ISSN
+        "See https://x.com/OpenAIDevs/status/1924915343677653014 for the post.",  # a Luhn-valid id in a URL
     ],
 )
 def test_number_shaped_text_stays(text):
