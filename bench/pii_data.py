@@ -67,9 +67,11 @@ def _fill(fake, rng: random.Random, template: str, value: str = "") -> tuple[str
         "n": rng.randint(2, 40), "time": fake.time(pattern="%H:%M"), "sentence": fake.sentence(nb_words=9),
         "letter": rng.choice("ABCDEF"), "small": rng.randint(1, 12), "city": fake.city(),
     }  # fmt: skip
+    if "{v}" not in template:
+        return template.format(**fields), -1
     before, _, after = template.partition("{v}")
     head = before.format(**fields)
-    return head + (value + after.format(**fields) if "{v}" in template else ""), (len(head) if "{v}" in template else -1)
+    return head + value + after.format(**fields), len(head)
 
 
 def international(national: str, code: int, trunk: str, rng: random.Random) -> str:
@@ -156,7 +158,8 @@ def positive_doc(fakers: dict, rng: random.Random, pii_type: str, dropped: list[
             if value is None:
                 return None
         elif t is not None:
-            value = VALUES[t](fakers, rng) if t == "IBAN" else VALUES[t](fakers["en_US"] if t == "US_SSN" else fake, rng)
+            source = fakers if t == "IBAN" else fakers["en_US"] if t == "US_SSN" else fake
+            value = VALUES[t](source, rng)
         sentence, at = _fill(fake, rng, template, value)
         if at >= 0:
             spans.append((len(text) + at, len(text) + at + len(value), t))

@@ -10,9 +10,9 @@ from typing import Any
 
 import yaml
 
-from cluster import jobs, storage
+from cluster import jobs
 from jobs.driver import SUMMARY_PREFIX
-from pipelines import load, plan
+from pipelines import load, plan, storage
 from pipelines.errors import JobFailed
 
 

@@ -16,7 +16,8 @@ import shutil
 import subprocess
 import sys
 
-from cluster import local, multinode, storage
+from cluster import local, multinode
+from pipelines import storage
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from cluster import storage
+from pipelines import storage
 from pipelines.errors import StageError
 
 MARKER = "_SUCCESS"

@@ -16,9 +16,9 @@ import time
 import traceback
 from typing import Any
 
-from cluster import storage
 from jobs.context import StageContext, StageOutput
 from jobs.registry import runner
+from pipelines import storage
 from pipelines.errors import LlmctlError
 from pipelines.plan import Plan, PlannedStage
 from pipelines.spec import Pipeline

@@ -15,9 +15,9 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any
 
-from cluster import storage
 from jobs.context import StageContext
 from jobs.train import sources
+from pipelines import storage
 from pipelines.errors import StageError
 from pipelines.spec.train import CHATML_TOKENS, TokenizerStage
 

@@ -13,7 +13,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from cluster import storage
+from pipelines import storage
 from pipelines.errors import SpecError, did_you_mean
 from pipelines.spec import Pipeline, StageBase
 

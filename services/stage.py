@@ -13,8 +13,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from cluster import storage
 from jobs.context import StageContext
+from pipelines import storage
 from pipelines.errors import StageError
 from pipelines.spec.serve import ServeStage
 from services import auth, lifecycle

@@ -9,7 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import main
-from cluster import jobs, multinode, storage
+from cluster import jobs, multinode
+from pipelines import storage
 from tests.conftest import ROOT
 from tests.observability.chromium import open_page
 from tests.services.conftest import requests_served, wait_for

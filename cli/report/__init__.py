@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from cli.report.page import Links, render
 from cli.report.records import RunRecord, StageRecord, find_run, load_run
-from cluster import storage
+from pipelines import storage
 from pipelines.errors import LlmctlError, StorageError
 
 __all__ = ["Links", "Report", "RunRecord", "StageRecord", "find_run", "load_run", "render", "write_report"]

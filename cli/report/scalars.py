@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import struct
 
-from cluster import storage
+from pipelines import storage
 
 Series = list[tuple[int, float]]  # (step, value), sorted by step
 

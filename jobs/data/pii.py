@@ -29,7 +29,9 @@ def placeholder(pii_type: str) -> str:
 
 
 @lru_cache(maxsize=32)
-def detectors_for(types: frozenset[str], phone_regions: tuple[str, ...] = DEFAULT_PHONE_REGIONS) -> tuple[Detector, ...]:
+def detectors_for(
+    types: frozenset[str], phone_regions: tuple[str, ...] = DEFAULT_PHONE_REGIONS
+) -> tuple[Detector, ...]:
     unknown = types - set(PII_TYPES)
     if unknown:
         raise StageError(f"pii: unknown type(s) {', '.join(sorted(unknown))}; valid: {', '.join(PII_TYPES)}")

@@ -47,7 +47,9 @@ MAESTRO_PREFIXES = ("50", "56", "57", "58", "6", "0604")  # Maestro numbers can 
 
 # A card word a few characters before: a 12-digit Maestro number is written next to one, and a parcel or
 # account number of 12 digits (4-4-4) is not.
-CARD_WORD_RE = re.compile(r"(?i:\b(?:card|maestro|visa|mastercard|debit|credit|paid|pay|karte|carte|tarjeta|carta)\b)\D{0,25}$")
+CARD_WORD_RE = re.compile(
+    r"(?i:\b(?:card|maestro|visa|mastercard|debit|credit|paid|pay|karte|carte|tarjeta|carta)\b)\D{0,25}$"
+)
 
 
 def card(text: str, before: str = "", after: str = "") -> int | None:

@@ -157,7 +157,7 @@ def read_documents(paths: list[str], options: ReadOptions, first_file_id: int = 
     """A Ray Dataset of {id, source, text, reason} over files of one format (ids numbered from first_file_id)."""
     import ray
 
-    from cluster import storage
+    from pipelines import storage
 
     located = [storage.filesystem(p) for p in paths]
     file_ids = {inner: first_file_id + i for i, (_, inner) in enumerate(located)}

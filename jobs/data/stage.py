@@ -14,9 +14,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cluster import storage
 from jobs.context import StageContext
 from jobs.data import readers
+from pipelines import storage
 from pipelines.errors import StageError
 
 KEEP_COLUMNS = ["id", "source", "text"]
@@ -195,7 +195,8 @@ def redact_pii(kept, spec) -> tuple[Any, dict[str, Any]]:
     examples: dict[str, list[str]] = {}
     for batch in marked.select_columns(["pii", "pii_examples"]).iter_batches(batch_format="pyarrow",
                                                                           batch_size=10_000):  # fmt: skip
-        for found, picked in zip(batch.column("pii").to_pylist(), batch.column("pii_examples").to_pylist()):
+        columns = batch.column("pii").to_pylist(), batch.column("pii_examples").to_pylist()
+        for found, picked in zip(*columns, strict=True):
             for kind, n in json.loads(found).items():
                 totals[kind] = totals.get(kind, 0) + n
             for kind, context in json.loads(picked) if picked else ():

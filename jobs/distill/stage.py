@@ -72,7 +72,7 @@ def format_rate(files: list[str]) -> float:
     """Share of the teacher's answers in the <think>…</think><answer>…</answer> format."""
     import json
 
-    from cluster import storage
+    from pipelines import storage
 
     answers = [
         json.loads(line)["conversations"][-1]["content"]

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cluster import storage
 from jobs.context import StageContext
 from jobs.train.chat_data import ChatTemplate, Drop, Message, messages, parse_json, with_system
 from jobs.train.sources import TokenizerInfo, check_causal_lm, tokenizer_info
+from pipelines import storage
 from pipelines.errors import StageError
 from pipelines.spec.base import vllm_memory_fraction
 from pipelines.spec.distill import DistillStage, TeacherGeneration

@@ -15,11 +15,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from cluster import storage
 from jobs.context import StageContext
 from jobs.train.chat_datasets import data_files
 from jobs.train.packing import is_validation
 from jobs.train.sources import check_causal_lm, tokenizer_info
+from pipelines import storage
 from pipelines.errors import StageError
 from pipelines.spec.eval import EvalStage
 

@@ -7,8 +7,8 @@ import json
 import math
 from typing import Any
 
-from cluster import storage
 from jobs.eval.inputs import ModelRef, Question, Work
+from pipelines import storage
 
 Results = dict[str, list[dict[str, Any]]]  # task -> one result per item, in item order
 

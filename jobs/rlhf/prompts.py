@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from cluster import storage
 from jobs.train.chat_data import ChatTemplate, Drop, Message, messages, with_system
 from jobs.train.chat_datasets import data_files
+from pipelines import storage
 from pipelines.errors import StageError
 
 

@@ -16,8 +16,8 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from cluster import storage
 from cluster.worker_group import Worker, register
+from pipelines import storage
 
 if TYPE_CHECKING:
     import torch

@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from cluster import storage
 from cluster.worker_group import ResourcePool, WorkerGroup
 from jobs.context import StageContext
 from jobs.rlhf.prompts import PromptStream, load_prompts
@@ -22,6 +21,7 @@ from jobs.train import deepspeed_config, post
 from jobs.train.chat_data import ChatTemplate
 from jobs.train.pretrain import copy_tree
 from jobs.train.sources import TokenizerInfo, tokenizer_info
+from pipelines import storage
 from pipelines.errors import StageError
 from pipelines.spec.base import Scaling, vllm_memory_fraction
 from pipelines.spec.rlhf import RLHFStage

@@ -25,13 +25,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from cluster import storage
 from cluster.worker_group import ResourcePool, WorkerGroup
 from jobs.rlhf import algorithms as alg
 from jobs.rlhf.prompts import Prompt, PromptStream
 from jobs.rlhf.rewards import FunctionReward
 from jobs.rlhf.rollout import assemble
 from jobs.train.metrics import TensorBoard
+from pipelines import storage
 
 STATE_FILE = "trainer.json"
 TENSORBOARD_DIR = "tensorboard"

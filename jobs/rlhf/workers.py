@@ -14,9 +14,9 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from cluster import storage
 from cluster.worker_group import Worker, register
 from jobs.rlhf import algorithms as alg
+from pipelines import storage
 
 if TYPE_CHECKING:
     import torch

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cluster import storage
 from jobs.train.chat_data import IGNORE, Drop, Encoder, EncodeSettings, to_conversation, to_pair
 from jobs.train.packing import is_validation, read_parquet
+from pipelines import storage
 from pipelines.errors import StageError
 
 if TYPE_CHECKING:

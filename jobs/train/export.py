@@ -7,8 +7,8 @@ import shutil
 import tempfile
 from typing import Any
 
-from cluster import storage
 from jobs.train.model import ModelSource
+from pipelines import storage
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from cluster import storage
 from jobs.train.job import TrainJob
 from jobs.train.loop import train_worker
+from pipelines import storage
 from pipelines.spec.base import Scaling
 from pipelines.spec.train import FailureConfig
 

@@ -10,7 +10,7 @@ import time
 from collections import deque
 from typing import Any
 
-from cluster import storage
+from pipelines import storage
 
 # Dense bf16/fp16 tensor-core peak per device (FLOP/s), from NVIDIA datasheets (sparsity figures halved).
 # Matched as substrings of torch.cuda.get_device_name(), longest first. LLMCTL_PEAK_FLOPS overrides.

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from cluster import storage
 from jobs.train.sources import TokenizerInfo
+from pipelines import storage
 from pipelines.spec.post import LoraConfig
 from pipelines.spec.train import ModelConfig
 

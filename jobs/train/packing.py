@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cluster import storage
+from pipelines import storage
 
 if TYPE_CHECKING:
     import ray.data

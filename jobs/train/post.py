@@ -11,7 +11,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from cluster import storage
 from jobs.context import StageContext
 from jobs.train import chat_datasets, launch
 from jobs.train.chat_data import ChatTemplate, EncodeSettings, TemplateError, check_template
@@ -20,6 +19,7 @@ from jobs.train.model import ModelSource
 from jobs.train.objectives import Objective
 from jobs.train.pretrain import copy_tree
 from jobs.train.sources import TokenizerInfo, tokenizer_info
+from pipelines import storage
 from pipelines.errors import StageError
 from pipelines.spec.post import PostTrainStage
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from cluster import storage
 from jobs.context import StageContext
 from jobs.train import launch, sources
 from jobs.train.job import TrainJob, for_stage
 from jobs.train.model import ModelSource, llama_config
 from jobs.train.objectives import CausalLM
+from pipelines import storage
 from pipelines.spec.train import PretrainStage
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from cluster import storage
 from jobs.context import StageContext
+from pipelines import storage
 from pipelines.errors import StageError
 
 

@@ -8,7 +8,8 @@ import os
 import pytest
 import ray
 
-from cluster import jobs, local, storage
+from cluster import jobs, local
+from pipelines import storage
 from pipelines.errors import ClusterError
 
 

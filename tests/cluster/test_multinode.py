@@ -15,7 +15,8 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import main
-from cluster import jobs, multinode, storage
+from cluster import jobs, multinode
+from pipelines import storage
 from tests.conftest import ROOT, free_port
 
 pytestmark = pytest.mark.cluster

@@ -148,7 +148,7 @@ def test_service_account_carries_the_s3_role():
 
 def test_rayjob_runs_llmctl_submit_on_a_pipeline_that_validates(tmp_path):
     from cluster import runs
-    from cluster.storage import is_remote
+    from pipelines.storage import is_remote
 
     docs = {d["kind"]: d for d in manifests("rayjob.yaml")}
     job = docs["RayJob"]

@@ -20,7 +20,8 @@ from click.testing import CliRunner
 
 from cli.main import main
 from cli.progress import CACHED, DONE_STATE, parse_log, stage_infos, view
-from cluster import jobs, runs, storage
+from cluster import jobs, runs
+from pipelines import storage
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.cluster

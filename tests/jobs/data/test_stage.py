@@ -9,9 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cluster import storage
 from jobs.context import StageContext
 from jobs.data import stage
+from pipelines import storage
 from pipelines.load import validate
 
 pytestmark = pytest.mark.cluster

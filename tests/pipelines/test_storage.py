@@ -2,7 +2,7 @@
 
 import pytest
 
-from cluster import storage
+from pipelines import storage
 from pipelines.errors import StorageError
 from tests.conftest import free_port
 
