@@ -27,7 +27,7 @@ def print_plan(plan, cached: dict[str, bool]) -> None:
 
 def _lsh_line(stage: str, minhash: dict[str, Any]) -> str:
     """The LSH banding and its S-curve 1-(1-s^r)^b: the chance a pair at Jaccard s becomes a candidate."""
-    from jobs.data.minhash import describe
+    from pipelines.lsh import describe
     from pipelines.spec.curation import MinHashConfig
 
     d = describe(MinHashConfig(**minhash))

@@ -11,8 +11,8 @@ from typing import Any
 import yaml
 
 from cluster import jobs
-from jobs.driver import SUMMARY_PREFIX
 from pipelines import load, plan, storage
+from pipelines.artifacts import SUMMARY_PREFIX
 from pipelines.errors import JobFailed
 
 
@@ -63,14 +63,14 @@ def submit(
 
 
 def key_digest_env(p: plan.Plan, environ: dict[str, str] | None = None) -> dict[str, str]:
-    """SHA-256 digests of the API keys that serve stages name in `api_key_env`, read from this shell.
+    """SHA-256 digests of the API keys that stages (serve) name in `api_key_env`, read from this shell.
 
     The job runs on the cluster, whose environment may not hold the keys; only their digests travel with it.
     """
     from services.auth import DIGESTS_ENV, key_digests
 
     environ = os.environ if environ is None else environ
-    names = sorted({n for s in p.stages if s.kind == "serve" for n in s.config.get("api_key_env", [])})
+    names = sorted({n for s in p.stages for n in s.config.get("api_key_env", [])})
     found = {n: key_digests([n], [], environ) for n in names if environ.get(n, "").strip(" ,")}
     return {DIGESTS_ENV: json.dumps(found)} if found else {}
 

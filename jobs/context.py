@@ -16,8 +16,6 @@ from typing import Any
 from pipelines import storage
 from pipelines.errors import StageError
 
-MARKER = "_SUCCESS"
-
 
 @dataclass(frozen=True)
 class StageOutput:

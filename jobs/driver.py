@@ -17,14 +17,13 @@ import traceback
 from typing import Any
 
 from jobs.context import StageContext, StageOutput
-from jobs.registry import runner
+from jobs.registry import load_runner
 from pipelines import storage
+from pipelines.artifacts import STATE_DIR, SUMMARY_PREFIX
 from pipelines.errors import LlmctlError
 from pipelines.plan import Plan, PlannedStage
 from pipelines.spec import Pipeline
 
-STATE_DIR = "_state"
-SUMMARY_PREFIX = "LLMCTL_SUMMARY "
 log = logging.getLogger("llmctl")
 
 
@@ -85,7 +84,7 @@ def run_stage(
     )
     started = time.time()
     try:
-        metrics = runner(stage.kind)(ctx) or {}
+        metrics = load_runner(stage.runner)(ctx) or {}
     except LlmctlError as exc:  # an expected failure: its message names the field and the fix
         log.error(f"[{stage.name}] failed: {exc}")
         raise

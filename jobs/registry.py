@@ -1,4 +1,4 @@
-"""Stage kind -> the function that runs it, imported only when a stage of that kind runs."""
+"""A stage's runner, imported only when a stage of that kind runs: its spec class names it (`StageBase.runner`)."""
 
 from __future__ import annotations
 
@@ -6,25 +6,16 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-from pipelines.errors import SpecError, did_you_mean
-
-RUNNERS: dict[str, str] = {
-    "data": "jobs.data.stage:run",
-    "tokenizer": "jobs.tokenizer:run",
-    "pretrain": "jobs.train.pretrain:run",
-    "sft": "jobs.train.sft:run",
-    "reward_model": "jobs.train.reward:run",
-    "dpo": "jobs.train.dpo:run",
-    "grpo": "jobs.rlhf.stage:run",
-    "ppo": "jobs.rlhf.stage:run",
-    "serve": "services.stage:run",
-    "distill": "jobs.distill.stage:run",
-    "eval": "jobs.eval.stage:run",
-}
+from pipelines.errors import SpecError
 
 
-def runner(kind: str) -> Callable[[Any], dict]:
-    if kind not in RUNNERS:
-        raise SpecError(f"stage kind '{kind}' has no runner{did_you_mean(kind, RUNNERS)}")
-    module, _, func = RUNNERS[kind].partition(":")
-    return getattr(importlib.import_module(module), func)
+def load_runner(path: str) -> Callable[[Any], dict]:
+    """The function "module:function" names; a clear error when either is missing."""
+    module_name, _, func = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise SpecError(f"stage runner '{path}': cannot import module '{module_name}' ({exc})") from None
+    if not func or not callable(getattr(module, func, None)):
+        raise SpecError(f"stage runner '{path}': module '{module_name}' has no function '{func or '?'}'")
+    return getattr(module, func)

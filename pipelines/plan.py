@@ -1,26 +1,22 @@
 """The plan: stages in order with their references checked, each with a cache key and output location.
 
 A cache key hashes the stage's resolved config, the keys of the stages it reads, fingerprints of the files it
-reads and the code version, so changing any of them re-runs that stage and everything downstream of it.
+reads and the code its runner imports (pipelines.code), so changing any of them re-runs that stage and everything
+downstream of it.
 """
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pipelines import storage
+from pipelines.artifacts import MARKER
+from pipelines.code import PROJECT
 from pipelines.errors import SpecError, did_you_mean
 from pipelines.spec import Pipeline, StageBase
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CODE_PACKAGES = ("pipelines", "jobs", "cluster", "services")
-# Stages whose effect lives outside their artifacts (a running Serve app) run on every submission.
-ALWAYS_RUN_KINDS = frozenset({"serve"})
 
 
 @dataclass(frozen=True)
@@ -31,11 +27,12 @@ class PlannedStage:
     cache_key: str
     inputs: dict[str, str]  # referenced stage name -> its output uri
     config: dict[str, Any]
+    runner: str = ""  # "module:function", from the stage kind's spec class
     always_run: bool = False
 
     @property
     def marker_uri(self) -> str:
-        return storage.join(self.uri, "_SUCCESS")
+        return storage.join(self.uri, MARKER)
 
 
 @dataclass(frozen=True)
@@ -122,57 +119,11 @@ def _looks_like_path(value: str) -> bool:
     return any(c in value for c in "/\\*?") or "://" in value or value.startswith((".", "~")) or "." in value
 
 
-def code_version(kind: str | None = None) -> str:
-    """Hash of the source a stage kind runs (all runtime code without a kind), so a code change invalidates
-    the stages it can affect and no others: editing the serving code does not retrain a model."""
-    digest = hashlib.sha256()
-    for full in sorted({f for p in code_paths(kind) for f in _source_files(p)}):
-        digest.update(os.path.relpath(full, ROOT).encode())
-        with open(full, "rb") as f:
-            digest.update(f.read())
-    return digest.hexdigest()[:12]
-
-
-def code_paths(kind: str | None) -> tuple[str, ...]:
-    """The shared core (pipelines/, cluster/, jobs/*.py) plus the package of the kind's runner."""
-    from jobs.registry import RUNNERS
-
-    if kind is None or kind not in RUNNERS:
-        return CODE_PACKAGES
-    module = RUNNERS[kind].partition(":")[0].split(".")
-    if module[0] != "jobs":
-        own = module[0]  # services.stage -> services/
-    elif len(module) > 2:
-        own = f"jobs/{module[1]}"  # jobs.train.pretrain -> jobs/train/
-    else:
-        own = "jobs/*.py"  # jobs.tokenizer -> already in the core
-    return ("pipelines", "cluster", "jobs/*.py", own, *BUILDS_ON.get(own, ()))
-
-
-# Runner packages that import another runner package: its code changes their results too.
-BUILDS_ON: dict[str, tuple[str, ...]] = {
-    "jobs/rlhf": ("jobs/train",),
-    "jobs/eval": ("jobs/train",),
-    "jobs/distill": ("jobs/train",),
-}
-
-
-def _source_files(path: str) -> list[str]:
-    """Source files under a package directory, or matching a glob such as 'jobs/*.py'."""
-    full = os.path.join(ROOT, path)
-    if not os.path.isdir(full):
-        return glob.glob(full) if "*" in path else [full] if os.path.exists(full) else []
-    found = []
-    for dirpath, _, filenames in os.walk(full):
-        found += [os.path.join(dirpath, f) for f in filenames if f.endswith((".py", ".yaml", ".jinja", ".html"))]
-    return found
-
-
 def build(pipeline: Pipeline, base_dir: str | None = None, check_inputs: bool = True) -> Plan:
     """Check references, resolve paths, and key every stage. Raises SpecError on a bad reference or input."""
     check_references(pipeline)
     resolved = resolve(pipeline, base_dir)
-    version = code_version()
+    version = PROJECT.version()
     names = set(resolved.stages)
     keys: dict[str, str] = {}
     uris: dict[str, str] = {}
@@ -185,7 +136,7 @@ def build(pipeline: Pipeline, base_dir: str | None = None, check_inputs: bool = 
             "config": stage.model_dump(mode="json"),
             "inputs": {path: keys[ref] for path, ref in refs.items()},
             "files": files,
-            "code": code_version(stage.kind),
+            "code": PROJECT.version(type(stage).runner),
         }
         keys[name] = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
         uris[name] = storage.join(resolved.storage, resolved.name, name, keys[name])
@@ -197,7 +148,8 @@ def build(pipeline: Pipeline, base_dir: str | None = None, check_inputs: bool = 
                 cache_key=keys[name],
                 inputs={ref: uris[ref] for ref in refs.values()},
                 config=stage.model_dump(mode="json"),
-                always_run=stage.kind in ALWAYS_RUN_KINDS,
+                runner=type(stage).runner,
+                always_run=type(stage).always_run,
             )
         )
     spec = resolved.model_dump(mode="json")

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cli.report.scalars import Series, event_files, read_scalars
-from jobs.context import MARKER
 from pipelines import storage
+from pipelines.artifacts import MARKER
 from pipelines.errors import StorageError
 from pipelines.plan import Plan, PlannedStage
 

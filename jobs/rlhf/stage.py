@@ -22,6 +22,7 @@ from jobs.train.chat_data import ChatTemplate
 from jobs.train.pretrain import copy_tree
 from jobs.train.sources import TokenizerInfo, tokenizer_info
 from pipelines import storage
+from pipelines.artifacts import STATE_DIR
 from pipelines.errors import StageError
 from pipelines.spec.base import Scaling, vllm_memory_fraction
 from pipelines.spec.rlhf import RLHFStage
@@ -52,13 +53,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
     roles = start_roles(spec, model_uri, reward, stops, pad_id)
     try:
         trainer = TRAINERS[spec.kind](
-            spec, roles, PromptStream(prompts, spec.seed), decoder(tokenizer), pad_id, ctx.path("_state"),
+            spec, roles, PromptStream(prompts, spec.seed), decoder(tokenizer), pad_id, ctx.path(STATE_DIR),
             lambda message: ctx.log(message),
         )  # fmt: skip
         summary = trainer.fit()
         roles.actor.export(ctx.path("model"), model_uri)
         storage.write_text(ctx.path("metrics.jsonl"), trainer.history_jsonl())
-        copy_tree(ctx.path("_state", TENSORBOARD_DIR), ctx.path(TENSORBOARD_DIR))
+        copy_tree(ctx.path(STATE_DIR, TENSORBOARD_DIR), ctx.path(TENSORBOARD_DIR))
     finally:
         roles.shutdown()
     return {

@@ -8,6 +8,7 @@ from typing import Any
 from jobs.train import deepspeed_config
 from jobs.train.model import ModelSource
 from jobs.train.objectives import Objective
+from pipelines.artifacts import STATE_DIR
 from pipelines.spec.train import OptimConfig, ScheduleConfig
 
 
@@ -50,7 +51,7 @@ def for_stage(
         zero_stage=spec.deepspeed.resolved_stage(workers),
         offload_optimizer=spec.deepspeed.offload_optimizer,
         use_gpu=use_gpu,
-        tensorboard_uri=out.path("_state", "tensorboard"),
+        tensorboard_uri=out.path(STATE_DIR, "tensorboard"),
         export_uri=out.path("model"),
         tokenizer_uri=tokenizer_uri,
     )

@@ -20,6 +20,7 @@ from jobs.train.objectives import Objective
 from jobs.train.pretrain import copy_tree
 from jobs.train.sources import TokenizerInfo, tokenizer_info
 from pipelines import storage
+from pipelines.artifacts import STATE_DIR
 from pipelines.errors import StageError
 from pipelines.spec.post import PostTrainStage
 
@@ -127,7 +128,7 @@ def train(
         objective.name, data.rows["train"], data.rows["val"], data.rows["dropped"], data.dropped or "none",
         data.rows["truncated"], spec.schedule.steps, spec.scaling.num_workers, job.zero_stage, job.precision,
     )  # fmt: skip
-    result = launch.fit(job, data.datasets, spec.scaling, spec.failure, ctx.path("_state"))
+    result = launch.fit(job, data.datasets, spec.scaling, spec.failure, ctx.path(STATE_DIR))
     copy_tree(job.tensorboard_uri, ctx.path("tensorboard"))
     metrics = result.return_value or result.metrics
     return {

@@ -15,6 +15,7 @@ from jobs.train.job import TrainJob, for_stage
 from jobs.train.model import ModelSource, llama_config
 from jobs.train.objectives import CausalLM
 from pipelines import storage
+from pipelines.artifacts import STATE_DIR
 from pipelines.spec.train import PretrainStage
 
 
@@ -27,7 +28,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "training %s steps on %d worker(s), ZeRO-%d, %s",
         spec.schedule.steps, spec.scaling.num_workers, job.zero_stage, job.precision,
     )  # fmt: skip
-    result = launch.fit(job, objective.build_datasets(), spec.scaling, spec.failure, ctx.path("_state"))
+    result = launch.fit(job, objective.build_datasets(), spec.scaling, spec.failure, ctx.path(STATE_DIR))
     copy_tree(job.tensorboard_uri, ctx.path("tensorboard"))
     return summarize(result.return_value or result.metrics, wall_s=time.time() - started, model_uri=ctx.path("model"))
 

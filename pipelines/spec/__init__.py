@@ -1,7 +1,7 @@
 """The pipeline spec: named stages in order, each a `kind` from a discriminated union.
 
-Adding a stage kind: define a `StageBase` subclass with `kind: Literal["name"]` in a module here, add it to
-`Stage` below and map the kind to its runner in `jobs/registry.py`.
+Adding a stage kind: a `StageBase` subclass in a module here (its `kind: Literal["name"]`, config and `runner`),
+a runner module, and one line in `STAGE_CLASSES` below.
 """
 
 from __future__ import annotations
@@ -21,13 +21,11 @@ from pipelines.spec.rlhf import GRPOStage, PPOStage
 from pipelines.spec.serve import ServeStage
 from pipelines.spec.train import PretrainStage, TokenizerStage
 
-Stage = Annotated[
-    Union[  # noqa: UP007 (pydantic reads this better)
-        DataStage, TokenizerStage, PretrainStage, SFTStage, RewardModelStage, DPOStage, GRPOStage, PPOStage,
-        ServeStage, EvalStage, DistillStage,
-    ],
-    Field(discriminator="kind"),
-]
+STAGE_CLASSES: tuple[type[StageBase], ...] = (
+    DataStage, TokenizerStage, PretrainStage, SFTStage, RewardModelStage, DPOStage, GRPOStage, PPOStage,
+    ServeStage, EvalStage, DistillStage,
+)  # fmt: skip
+Stage = Annotated[Union[STAGE_CLASSES], Field(discriminator="kind")]  # noqa: UP007 (pydantic reads this better)
 
 NAME_RE = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 
@@ -82,7 +80,6 @@ class Pipeline(Model):
         return self
 
 
-STAGE_CLASSES: tuple[type[StageBase], ...] = typing.get_args(typing.get_args(Stage)[0])
 STAGE_KINDS: tuple[str, ...] = tuple(typing.get_args(c.model_fields["kind"].annotation)[0] for c in STAGE_CLASSES)
 
 __all__ = ["Pipeline", "Stage", "StageBase", "Scaling", "Model", "STAGE_KINDS"]

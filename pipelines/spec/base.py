@@ -14,13 +14,17 @@ class Model(BaseModel):
 
 
 class StageBase(Model):
-    """Fields every stage has. Subclasses add `kind: Literal[...]` and their own config.
+    """Fields every stage has. A stage kind is this one declaration: a subclass with `kind: Literal[...]`, its own
+    config, `runner` (the "module:function" that runs it inside the job; the plan keys its cache on that module's
+    imports) and `always_run`. The registry, the plan and the CLI read these; nothing else lists kinds.
 
     A stage names the earlier stages it reads through its reference fields; `references()` lists them
     as {field: stage_name} so the plan can order stages and chain cache keys.
     """
 
     reference_fields: ClassVar[tuple[str, ...]] = ()  # names of fields that may hold stage names
+    runner: ClassVar[str] = ""  # "jobs.train.sft:run": called with the stage's StageContext, returns its metrics
+    always_run: ClassVar[bool] = False  # its effect lives outside its artifacts (a running app): runs on every submit
 
     def references(self, stage_names: set[str]) -> dict[str, str]:
         """Field path -> referenced stage name, for each reference field set on this stage."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 
@@ -16,6 +16,7 @@ class DataStage(StageBase):
     reference_fields = ("inputs",)
 
     kind: Literal["data"]
+    runner: ClassVar[str] = "jobs.data.stage:run"
     inputs: list[str] = Field(
         min_length=1,
         description="Files, globs or directories (local or s3://) of JSONL, Parquet or plain text; or the names "

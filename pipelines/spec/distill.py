@@ -72,6 +72,7 @@ class DistillStage(PostTrainStage):
     """
 
     kind: Literal["distill"] = Field(description="Stage kind: knowledge distillation from a teacher model.")
+    runner: ClassVar[str] = "jobs.distill.stage:run"
     reference_fields = ("model", "data", "teacher")
     allowed_formats: ClassVar[tuple[str, ...]] = ("auto", "conversations", "alpaca")
 

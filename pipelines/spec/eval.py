@@ -29,6 +29,7 @@ class EvalStage(StageBase):
     model_kinds: ClassVar[tuple[str, ...]] = CAUSAL_LM_KINDS
 
     kind: Literal["eval"] = Field(description="Stage kind: evaluate and compare models.")
+    runner: ClassVar[str] = "jobs.eval.stage:run"
     models: list[str] = Field(
         min_length=1,
         description="Models to compare, one table row each: earlier stages that export a causal language model "

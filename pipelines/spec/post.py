@@ -115,6 +115,7 @@ class SFTStage(PostTrainStage):
     """
 
     kind: Literal["sft"] = Field(description="Stage kind: supervised fine-tuning on chat data.")
+    runner: ClassVar[str] = "jobs.train.sft:run"
     allowed_formats: ClassVar[tuple[str, ...]] = ("auto", "conversations", "alpaca")
     packing: bool = Field(
         False,
@@ -141,6 +142,7 @@ class RewardModelStage(PostTrainStage):
     """
 
     kind: Literal["reward_model"] = Field(description="Stage kind: a scalar reward model from preference pairs.")
+    runner: ClassVar[str] = "jobs.train.reward:run"
     allowed_formats: ClassVar[tuple[str, ...]] = ("auto", "preference")
 
     def format_advice(self) -> str:
@@ -158,6 +160,7 @@ class DPOStage(PostTrainStage):
     """
 
     kind: Literal["dpo"] = Field(description="Stage kind: direct preference optimisation.")
+    runner: ClassVar[str] = "jobs.train.dpo:run"
     allowed_formats: ClassVar[tuple[str, ...]] = ("auto", "preference")
     beta: float = Field(
         0.1,

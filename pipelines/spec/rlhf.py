@@ -220,6 +220,7 @@ class GRPOStage(RLHFStage):
     """
 
     kind: Literal["grpo"] = Field(description="Stage kind: GRPO (critic-free RLHF).")
+    runner: ClassVar[str] = "jobs.rlhf.stage:run"
     num_samples: int = Field(4, ge=2, description="Answers sampled per prompt (the group); typical 4-16.")
     scale_rewards: bool = Field(
         True,
@@ -252,6 +253,7 @@ class PPOStage(RLHFStage):
     """
 
     kind: Literal["ppo"] = Field(description="Stage kind: PPO with a critic.")
+    runner: ClassVar[str] = "jobs.rlhf.stage:run"
     num_samples: int = Field(1, ge=1, description="Answers sampled per prompt.")
     kl: KLConfig = Field(
         default_factory=KLConfig, description="KL penalty to the reference, subtracted from the per-token reward."

@@ -6,7 +6,7 @@ Pure pydantic: nothing here imports ray.serve, vllm or torch; services/ turns th
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -196,6 +196,8 @@ class ServeStage(StageBase):
 
     reference_fields = ("model",)
     kind: Literal["serve"] = Field(description="Stage kind: a Ray Serve LLM application.")
+    runner: ClassVar[str] = "services.stage:run"
+    always_run: ClassVar[bool] = True  # a running app is its effect: deployed on every submit
     model: str = Field(
         description="The stage whose model to serve (its exported HF directory), or a Hugging Face model "
         "directory (local path or s3://...)."

@@ -6,7 +6,7 @@ that runs the training core in `jobs/train` (pretrain here; SFT, reward model an
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -45,6 +45,7 @@ class TokenizerStage(StageBase):
     reference_fields = ("data", "pretrained")
 
     kind: Literal["tokenizer"] = Field(description="Stage kind: train or adopt a tokenizer.")
+    runner: ClassVar[str] = "jobs.tokenizer:run"
     data: str | None = Field(
         None,
         description="The data stage to train on, or a directory (local or s3://) of Parquet files with a text "
@@ -298,6 +299,7 @@ class PretrainStage(StageBase):
     reference_fields = ("data", "tokenizer")
 
     kind: Literal["pretrain"] = Field(description="Stage kind: causal-LM pretraining from scratch.")
+    runner: ClassVar[str] = "jobs.train.pretrain:run"
     data: str = Field(
         description="The data stage to train on, or a directory (local or s3://) of Parquet files with a text "
         "column (its `data/` subdirectory is used when present)."

@@ -13,16 +13,14 @@ from jobs.data.minhash import (
     band_keys,
     bucket_pairs,
     components,
-    describe,
-    lsh_params,
     near_duplicates,
     permutations,
-    s_curve,
     signatures,
     signatures_from_hashes,
 )
 from jobs.data.shingle_hash import shingle_hashes
 from jobs.data.text import jaccard, normalize, shingles
+from pipelines.lsh import describe, lsh_params, s_curve
 from pipelines.spec.curation import MinHashConfig
 
 

@@ -102,9 +102,10 @@ def test_example_validates_and_imports_stay_light():
 
 
 def test_distill_code_is_in_its_cache_key():
-    from pipelines.plan import code_paths
+    from pipelines.code import PROJECT
 
-    assert code_paths("distill")[-2:] == ("jobs/distill", "jobs/train")
+    closure = PROJECT.closure("jobs.distill.stage")
+    assert "jobs/distill/teacher.py" in closure and "jobs/train/loop.py" in closure
 
 
 # --- what the runner checks about the teacher ---------------------------------------------------------------

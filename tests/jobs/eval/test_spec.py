@@ -10,6 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from pipelines import load, plan
+from pipelines.code import PROJECT
 from pipelines.errors import SpecError
 from pipelines.spec import Pipeline
 from pipelines.spec.eval import EvalStage
@@ -69,7 +70,8 @@ def test_eval_key_follows_every_model_it_names():
     assert set(before.inputs) == {"pretrain", "dpo"}
     raw["stages"]["sft"]["val_fraction"] = 0.1  # dpo starts from sft, so dpo and eval are re-keyed
     assert eval_stage(raw).cache_key != before.cache_key
-    assert {"jobs/eval", "jobs/train"} <= set(plan.code_paths("eval")), "eval runs the training core's model code"
+    closure = PROJECT.closure("jobs.eval.stage")
+    assert "jobs/eval/stage.py" in closure and "jobs/train/model.py" in closure, "eval runs the training core's model"
 
 
 def test_example_ends_with_an_eval_of_every_model():
