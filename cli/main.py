@@ -10,9 +10,8 @@ import sys
 
 import click
 
+from cli.options import address_option
 from pipelines.errors import LlmctlError
-
-ADDRESS_HELP = "Ray dashboard address (http://host:8265) of the cluster; default: $RAY_ADDRESS, else the local head."
 
 
 class Cli(click.Group):
@@ -26,14 +25,10 @@ class Cli(click.Group):
             ctx.exit(exc.exit_code)
 
 
-def address_option(f):
-    return click.option("--address", envvar="RAY_ADDRESS", default=None, help=ADDRESS_HELP)(f)
-
-
 def set_option(f):
     return click.option(
         "--set", "overrides", multiple=True, metavar="KEY=VALUE",
-        help="Override a spec value, e.g. --set pretrain.steps=200 (repeatable).",
+        help="Override a spec value, e.g. --set pretrain.schedule.steps=200 (repeatable).",
     )(f)  # fmt: skip
 
 
@@ -104,10 +99,7 @@ def submit(
 @address_option
 def status(run_id: str, address: str | None) -> None:
     """Status of the latest job of a run (or of a job id)."""
-    from cluster import jobs
-
-    target = jobs.resolve_target(address, start_local=False)
-    job = jobs.find_job(target, run_id)
+    _, job = _latest_job(run_id, address)
     click.echo(f"{job.submission_id}: {job.status}" + (f" — {job.message}" if job.message else ""))
 
 
@@ -119,8 +111,7 @@ def logs(run_id: str, address: str | None, follow: bool) -> None:
     """Print the log of the latest job of a run."""
     from cluster import jobs
 
-    target = jobs.resolve_target(address, start_local=False)
-    job = jobs.find_job(target, run_id)
+    target, job = _latest_job(run_id, address)
     if follow:
         for chunk in jobs.follow(target, job.submission_id):
             click.echo(chunk, nl=False)
@@ -135,10 +126,17 @@ def stop(run_id: str, address: str | None) -> None:
     """Stop the running job of a run; finished stages stay cached."""
     from cluster import jobs
 
-    target = jobs.resolve_target(address, start_local=False)
-    job = jobs.find_job(target, run_id)
+    target, job = _latest_job(run_id, address)
     stopped = jobs.stop(target, job.submission_id)
     click.echo(f"{job.submission_id}: {'stop requested' if stopped else 'already ' + str(job.status)}")
+
+
+def _latest_job(run_id: str, address: str | None):
+    """(target, job): the cluster an existing run is on (never starts the local head) and its latest job."""
+    from cluster import jobs
+
+    target = jobs.resolve_target(address, start_local=False)
+    return target, jobs.find_job(target, run_id)
 
 
 @main.command(name="list")

@@ -7,13 +7,7 @@ from typing import Any
 
 import click
 
-ADDRESS_HELP = (
-    "Ray dashboard URL (http://host:8265) or GCS address (host:6379); default: RAY_ADDRESS or the local head."
-)
-
-
-def address_option(func):
-    return click.option("--address", envvar="RAY_ADDRESS", default=None, help=ADDRESS_HELP)(func)
+from cli.options import address_option
 
 
 def format_status(info: dict[str, Any]) -> str:

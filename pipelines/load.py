@@ -57,13 +57,13 @@ def _key_lines(node: Any, path: tuple = ()) -> dict[tuple, int]:
 def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
     """Apply `a.b=c` overrides to a copy of the raw spec. Values are parsed as YAML (`3`, `true`, `[a, b]`).
 
-    A path that starts with a stage name is taken under `stages` (`--set pretrain.steps=5`).
+    A path that starts with a stage name is taken under `stages` (`--set pretrain.schedule.steps=5`).
     """
     raw = copy.deepcopy(raw)
     for item in overrides:
         key, sep, value_text = item.partition("=")
         if not sep or not key.strip():
-            raise SpecError(f"--set '{item}': expected KEY=VALUE, e.g. --set stages.pretrain.steps=200")
+            raise SpecError(f"--set '{item}': expected KEY=VALUE, e.g. --set pretrain.schedule.steps=200")
         parts: list[Any] = [int(p) if p.isdigit() else p for p in key.strip().split(".")]
         if parts[0] not in Pipeline.model_fields and parts[0] in (raw.get("stages") or {}):
             parts.insert(0, "stages")

@@ -74,3 +74,18 @@ def test_help_and_validate_import_no_heavy_modules(tmp_path):
         """)
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_help_examples_work():
+    """What --help suggests is accepted: the --set example on the example pipeline, one --address help."""
+    import re
+
+    from cli.serve import serve
+    from cluster.runs import make_plan
+
+    example = re.search(r"e\.g\. --set\s+(\S+=\d+)", run("plan", "--help").output)[1]
+    p = make_plan(f"{ROOT}/pipelines/examples/tiny.yaml", (example,), check_inputs=False)
+    assert p.spec["stages"]["pretrain"]["schedule"]["steps"] == 200
+    helps = {o.help for cmd in (main, serve) for sub in cmd.commands.values() for o in getattr(sub, "params", [])
+             if o.name == "address"}  # fmt: skip
+    assert len(helps) == 1, helps

@@ -1,9 +1,12 @@
 import os
 import sys
 
+import pytest
+
 from cluster import local
 
 
+@pytest.mark.cluster
 def test_head_answers_jobs_api(ray_head):
     version = local.dashboard_version(ray_head.dashboard_url)
     assert version is not None and version["ray_version"]
@@ -39,6 +42,7 @@ def test_free_port_never_hands_out_a_port_twice(monkeypatch):
     assert [local.free_port() for _ in range(3)] == [41001, 41002, 41003]
 
 
+@pytest.mark.cluster
 def test_down_stops_every_process_of_its_head_and_only_those(ray_head, tmp_path, monkeypatch):
     """A second head with a worker kept busy by a job: `stop` ends the whole tree, renamed workers included,
     and leaves the session's head running. The home directory holds the token a bare `ray.init()` leaves behind,
@@ -73,6 +77,7 @@ def test_down_stops_every_process_of_its_head_and_only_those(ray_head, tmp_path,
     assert local.dashboard_version(ray_head.dashboard_url) is not None, "the other head still runs"
 
 
+@pytest.mark.cluster
 def test_workers_run_at_the_drivers_priority(ray_session):
     """Ray starts workers at nice 15; on a node llmctl starts they run at nice 0, like the driver beside them."""
     import ray

@@ -98,7 +98,7 @@ def test_override_parses_yaml_values_and_stage_shorthand():
 
 
 def test_override_without_equals_is_an_error():
-    with pytest.raises(SpecError, match="expected KEY=VALUE, e.g. --set stages.pretrain.steps=200"):
+    with pytest.raises(SpecError, match="expected KEY=VALUE, e.g. --set pretrain.schedule.steps=200"):
         apply_overrides({"name": "t", "stages": {}}, ["stages.a.steps"])
 
 
