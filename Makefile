@@ -30,7 +30,8 @@ demo-data: $(DEMO)/manifest.json $(DEMO)-chat/mc.jsonl
 run: install demo-data
 	$(LLMCTL) cluster up
 	$(LLMCTL) submit pipelines/examples/tiny.yaml
-	$(PY) -m services.client tiny "What is Ray?"
+	$(PY) -m services.client tiny --demo $(DEMO)-chat
+	$(LLMCTL) report tiny
 
 # The report and chat-page tests open pages in headless Chromium: Debian's package, never a downloaded browser.
 $(CHROMIUM):

@@ -7,9 +7,11 @@ the run id, so `status/logs/stop RUN_ID` find the latest job of a run.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,12 +96,31 @@ def submit(
             f"`llmctl logs -f {run_id}` or stop it with `llmctl stop {run_id}`."
         )
     submission_id = f"{run_id}-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"
-    return c.submit_job(
-        entrypoint=entrypoint,
-        submission_id=submission_id,
-        runtime_env=runtime_env(env_vars),
-        metadata={"llmctl": "1", "llmctl_run_id": run_id, **metadata},
-    )
+    with _quiet(UPLOAD_LOGGERS):
+        return c.submit_job(
+            entrypoint=entrypoint,
+            submission_id=submission_id,
+            runtime_env=runtime_env(env_vars),
+            metadata={"llmctl": "1", "llmctl_run_id": run_id, **metadata},
+        )
+
+
+# Ray logs every package it zips and uploads at INFO on the submitting terminal; the user watches the stage table.
+UPLOAD_LOGGERS = ("ray.dashboard.modules.dashboard_sdk", "ray._private.runtime_env.packaging",
+                  "ray.dashboard.modules.job.sdk")  # fmt: skip
+
+
+@contextmanager
+def _quiet(names: tuple[str, ...]) -> Iterator[None]:
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 def list_runs(target: Target) -> list:

@@ -1,12 +1,14 @@
 """Talking to a deployed app: the hint `llmctl submit` prints, and one question through the official openai client.
 
 `python -m services.client NAME "What is Ray?" [--address URL] [--api-key-env LLMCTL_API_KEY]` looks the endpoint
-up by application name and prints the model's answer (what `make run` ends with).
+up by application name and prints the model's answer. `python -m services.client NAME --demo data/demo-chat` asks
+a question the demo chat data teaches and prints the answer beside the expected one (what `make run` ends with).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -43,25 +45,43 @@ def ask(endpoint: str, model: str, question: str, api_key: str | None = None, ma
     return reply.choices[0].message.content or ""
 
 
+def demo_question(demo_dir: str) -> tuple[str, str]:
+    """(question, expected answer): the first multiple-choice fact of the demo chat data, which its SFT rows teach
+    in the same words (the eval stage asks the same questions)."""
+    path = os.path.join(demo_dir, "mc.jsonl")
+    try:
+        with open(path, encoding="utf-8") as f:
+            row = json.loads(f.readline())
+    except (OSError, ValueError) as exc:
+        raise ClusterError(f"--demo {demo_dir}: cannot read {path} ({exc}); write it with `make demo-data`") from None
+    return row["question"], row["choices"]["ABCD".index(row["answer"])]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.client", description="Ask a served model one question.")
     parser.add_argument("name", help="Serve application name (the model id).")
-    parser.add_argument("question")
+    parser.add_argument("question", nargs="?", help="What to ask (or --demo).")
+    parser.add_argument("--demo", metavar="DIR", help="Ask a question the demo chat data in DIR teaches.")
     parser.add_argument("--address", help="Ray dashboard URL or GCS address; default: the local head.")
     parser.add_argument("--endpoint", help="OpenAI base URL; default: looked up from the application's status.")
     parser.add_argument("--api-key-env", default="LLMCTL_API_KEY", help="Environment variable holding the key.")
     args = parser.parse_args(argv)
+    if (args.question is None) == (args.demo is None):
+        parser.error("give a question or --demo DIR")
     try:
+        question, expected = demo_question(args.demo) if args.demo else (args.question, None)
         endpoint = args.endpoint
         if endpoint is None:
             from services import lifecycle
 
             endpoint = lifecycle.status(args.name, args.address)["endpoint"]
-        answer = ask(endpoint, args.name, args.question, os.environ.get(args.api_key_env))
+        answer = ask(endpoint, args.name, question, os.environ.get(args.api_key_env))
     except LlmctlError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    print(f"Q: {args.question}\nA: {answer}")
+    print(f"Asked:    {question}\nAnswer:   {' '.join(answer.split()) or '(empty)'}")
+    if expected is not None:
+        print(f"Expected: {expected}")
     return 0
 
 

@@ -1,10 +1,12 @@
 """The CLI surface: exit codes, messages without tracebacks, and light imports."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
 
+import pytest
 from click.testing import CliRunner
 
 from cli.main import main
@@ -89,3 +91,19 @@ def test_the_help_examples_work():
     helps = {o.help for cmd in (main, serve) for sub in cmd.commands.values() for o in getattr(sub, "params", [])
              if o.name == "address"}  # fmt: skip
     assert len(helps) == 1, helps
+
+
+@pytest.mark.cluster
+def test_submit_prints_no_package_upload_lines(ray_head, tmp_path):
+    """Ray logs each package it zips and uploads; `llmctl submit` shows the run, not that."""
+    llmctl = [sys.executable, "-m", "cli.main"]
+    out = subprocess.run([*llmctl, "submit", spec_file(tmp_path), "--address", ray_head.dashboard_url, "--no-wait"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ,
+                         "PYTHONPATH": ROOT})  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    run_id = out.stdout.split()[1].rstrip(":")
+    subprocess.run([*llmctl, "stop", run_id, "--address", ray_head.dashboard_url], capture_output=True, timeout=60,
+                   env={**os.environ, "PYTHONPATH": ROOT})  # fmt: skip
+    printed = out.stdout + out.stderr
+    assert "submitted" in out.stdout and "follow it with: llmctl logs -f" in out.stdout
+    assert "package" not in printed.lower(), printed
