@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -62,3 +64,29 @@ def test_lazy_and_relative_imports_count(tmp_path):
     closure = CodeIndex(str(tmp_path)).closure("jobs.toy.stage")
     assert closure == ("jobs/__init__.py", "jobs/toy/__init__.py", "jobs/toy/helper.py", "jobs/toy/prompts.yaml",
                        "jobs/toy/stage.py", "jobs/toy/table.py")  # fmt: skip
+
+
+def _modules(package: str):
+    for path in sorted((Path(ROOT) / package).rglob("*.py")):
+        rel = path.relative_to(ROOT).with_suffix("")
+        yield ".".join(rel.parts).removesuffix(".__init__"), str(path)
+
+
+def test_layers_point_one_way():
+    """cli -> cluster/services -> pipelines; nothing but a stage's own runner module imports jobs."""
+    runners = {cls.runner.partition(":")[0] for cls in STAGE_CLASSES}
+    wrong = []
+    for package, forbidden in [("pipelines", ("jobs", "cluster", "services", "cli")), ("cluster", ("jobs", "cli")),
+                               ("services", ("jobs", "cli")), ("cli", ("jobs",))]:  # fmt: skip
+        for module, path in _modules(package):
+            if module in runners:
+                continue
+            imported = PROJECT.imports(module, path) | _cli_imports(path)
+            wrong += [f"{module} imports {m}" for m in imported if m.split(".")[0] in forbidden]
+    assert not wrong, wrong
+
+
+def _cli_imports(path: str) -> set[str]:
+    """`cli` is not a stage package, so PROJECT does not follow it; its own imports of `cli` modules."""
+    tree = ast.parse(Path(path).read_text())
+    return {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("cli")}
