@@ -9,26 +9,55 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from functools import lru_cache
 
 # \w keeps letters, digits and underscore in every script; everything else that is not whitespace
 # (punctuation and symbols) is removed so "Hello, world!" and "hello world" share a key.
 _PUNCT = re.compile(r"[^\w\s]|_")
-# The same set for ASCII, as bytes: the fast path below deletes them with bytes.translate (C speed, ~5x faster
-# than the regex), and it is the hot loop of dedup.
+# The same set for ASCII, as bytes: normalized_bytes deletes them with bytes.translate (C speed, ~5x faster than
+# the regex), and it is the hot loop of dedup. _PUNCT itself stays as the definition the tests check against.
 _ASCII_PUNCT = bytes(c for c in range(128) if not (chr(c).isalnum() or chr(c).isspace()) or chr(c) == "_")
 
 
 def normalize(text: str) -> str:
     """NFKC, lowercase, punctuation removed, whitespace runs collapsed to one space, ends stripped."""
+    return " ".join(normalized_bytes(text).decode("utf-8").split())
+
+
+def normalized_bytes(text: str) -> bytes:
+    """`normalize` before its whitespace is collapsed, as UTF-8: words separated by runs of ASCII whitespace.
+    The hashing of shingles reads words straight from these bytes and never builds the joined string."""
     text = text or ""
-    if text.isascii():  # NFKC leaves ASCII unchanged
-        return " ".join(text.lower().encode("ascii").translate(None, _ASCII_PUNCT).decode("ascii").split())
-    return _normalize_unicode(text)
+    if text.isascii():  # NFKC leaves ASCII unchanged; one translate lowercases and drops punctuation
+        return text.encode("ascii").translate(_ASCII_LOWER, _ASCII_PUNCT)
+    text = _NON_ASCII_RUN.sub(_clean_run, unicodedata.normalize("NFKC", text).lower())
+    # ASCII punctuation goes at C speed on the UTF-8 bytes: an ASCII byte is never part of a multi-byte character
+    return text.encode("utf-8").translate(None, _ASCII_PUNCT)
 
 
-def _normalize_unicode(text: str) -> str:
-    text = unicodedata.normalize("NFKC", text).lower()
-    return " ".join(_PUNCT.sub("", text).split())
+def _clean_run(match: re.Match) -> str:
+    """A run of non-ASCII characters without its punctuation and symbols, its whitespace as spaces."""
+    return _clean_chars(match.group())
+
+
+@lru_cache(maxsize=65536)
+def _clean_chars(run: str) -> str:
+    return "".join(" " if kind == "space" else ch for ch in run if (kind := _unicode_kind(ch)) != "punct")
+
+
+_ASCII_LOWER = bytes(range(256)).lower()
+
+
+_NON_ASCII_RUN = re.compile(r"[^\x00-\x7f]+")
+
+
+@lru_cache(maxsize=65536)
+def _unicode_kind(ch: str) -> str:
+    """'space' for whitespace (NBSP survives NFKC as a space already; U+2028 does not), 'punct' for punctuation and
+    symbols (what `[^\\w\\s]` matches), '' for a word character."""
+    if ch.isspace():
+        return "space"
+    return "" if ch.isalnum() else "punct"
 
 
 def dedup_key(text: str) -> str:
