@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import Field
 
 from pipelines.spec.base import Model, vllm_memory_fraction
-from pipelines.spec.serve import Autoscaling, ServeStage
+from pipelines.spec.serve import Autoscaling, Limits, ServeStage
 from services.auth import Guard
 
 SERVICES_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -69,7 +69,22 @@ def engine_kwargs(stage: ServeStage) -> dict[str, Any]:
         kwargs["kv_cache_memory_bytes"] = engine.kv_cache_bytes
     if engine.metrics == "off":
         kwargs["disable_log_stats"] = True
-    return {**kwargs, **engine.kwargs}
+    kwargs = {**kwargs, **engine.kwargs}
+    if stage.limits.max_tokens is not None:
+        kwargs["override_generation_config"] = output_ceiling(kwargs.get("override_generation_config"), stage.limits)
+    return kwargs
+
+
+def output_ceiling(overrides: dict[str, Any] | None, limits: Limits) -> dict[str, Any]:
+    """vLLM's generation overrides with limits.max_tokens as the ceiling on output tokens.
+
+    vLLM takes the smallest of the request's max_tokens, the rest of the context and this ceiling (`vllm serve
+    --override-generation-config '{"max_new_tokens": N}'`), so a request without max_tokens gets the rest of the
+    context up to the cap, as on `vllm serve`; the ingress answers explicit values above the cap with a 400."""
+    overrides = dict(overrides or {})
+    own = overrides.get("max_new_tokens")
+    overrides["max_new_tokens"] = min(own, limits.max_tokens) if own else limits.max_tokens
+    return overrides
 
 
 def autoscaling_config(autoscaling: Autoscaling) -> dict[str, Any]:
@@ -144,13 +159,22 @@ def version(record: AppRecord) -> str:
     """The deployment's version: a change restarts (rolls) its replicas, which reloads the model.
 
     Left out: autoscaling and the route (Serve applies them in place), the proxy address (read only when Serve
-    starts), what only the job uses, and the keys and limits, which travel as user_config (`Guard.to_config`) and are
-    swapped in place, so rotating a key does not reload the model.
+    starts), what only the job uses, and the keys and the body limit, which travel as user_config (`Guard.to_config`)
+    and are swapped in place, so rotating a key does not reload the model. The max_tokens cap is also the engine's
+    ceiling for requests without one (`output_ceiling`), so changing it restarts the replicas.
     """
     stage = record.stage.model_dump(
         exclude={"autoscaling", "http", "deploy_timeout_s", "probe_requests", "api_key_env", "api_keys", "limits"}
     )
-    return _hash([stage, record.model_source, record.model_fingerprint, record.runtime_env, _code_fingerprint()])
+    ceiling = record.stage.limits.max_tokens
+    return _hash([stage, ceiling, record.model_source, record.model_fingerprint, record.runtime_env,
+                  _code_fingerprint()])  # fmt: skip
+
+
+def fingerprint(record: AppRecord) -> str:
+    """Everything a deploy of `record` puts in the cluster: the record and the serving code (an upgrade redeploys).
+    Stored with an app once it serves, so an unchanged resubmit confirms the app instead of rebuilding it."""
+    return _hash([record.model_dump(mode="json"), _code_fingerprint()])
 
 
 def _finalized(app: Any, version: str, env: dict[str, Any], user_config: dict[str, Any]) -> Any:

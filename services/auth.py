@@ -100,13 +100,9 @@ class Guard:
             return Rejection(413, f"Request body is {size} bytes; the limit is {self.max_request_bytes}.")
         return None
 
-    def resolve_max_tokens(self, requested: int | None, param: str = "max_tokens") -> int | Rejection | None:
-        """The max_tokens to use: the request's when within the cap, the cap when unset, else a 400."""
-        if self.max_tokens is None:
-            return requested
-        if requested is None:
-            return self.max_tokens
-        if requested > self.max_tokens:
+    def check_max_tokens(self, requested: int, param: str = "max_tokens") -> Rejection | None:
+        """A 400 when a request asks for more output tokens than the cap; None when it may pass."""
+        if self.max_tokens is not None and requested > self.max_tokens:
             message = f"{param} is {requested}; this endpoint allows at most {self.max_tokens}."
             return Rejection(400, message, param=param)
-        return requested
+        return None

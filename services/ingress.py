@@ -2,8 +2,9 @@
 
 The replica serves HTTP itself (services.server), with vLLM's FastAPI app, the same code `vllm serve` runs. In front
 of it sits `GuardMiddleware`, a pure ASGI middleware outside every other layer, so a request without a valid key
-(401) or with an oversized body (413) is answered before its body is parsed and before it reaches the engine. The
-max_tokens cap is applied to the buffered JSON body of the chat and completion routes, still before the engine.
+(401) or with an oversized body (413) is answered before its body is parsed and before it reaches the engine. A
+max_tokens above the cap is refused from the buffered JSON body of the chat and completion routes, still before the
+engine; the body itself always passes on unchanged.
 
 Pure ASGI and Starlette (no Ray, no vLLM import), so it is unit-tested on stand-in apps.
 """
@@ -25,11 +26,11 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-# The request fields that carry the output length, per route, in the order they take precedence, and the default
-# OpenAI's API applies when none is sent (completions: 16; chat: none, so the cap applies).
-TOKEN_FIELDS: dict[str, tuple[tuple[str, ...], int | None]] = {
-    "/v1/chat/completions": (("max_completion_tokens", "max_tokens"), None),
-    "/v1/completions": (("max_tokens",), 16),
+# The request fields that carry the output length, per route, in the order they take precedence (in chat,
+# max_completion_tokens replaces max_tokens, as in OpenAI's API).
+TOKEN_FIELDS: dict[str, tuple[str, ...]] = {
+    "/v1/chat/completions": ("max_completion_tokens", "max_tokens"),
+    "/v1/completions": ("max_tokens",),
 }
 
 
@@ -81,35 +82,25 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-def cap_tokens(guard: Guard, path: str, body: bytes) -> bytes | Rejection:
-    """The body with its output length resolved against the cap (unchanged when nothing changes), or a 400.
+def check_tokens(guard: Guard, path: str, body: bytes) -> Rejection | None:
+    """A 400 when the request asks for more output tokens than the cap; None lets it pass unchanged.
 
-    Bodies that are not a JSON object, or lengths that are not integers, pass unchanged: the engine's own request
-    validation answers those with its 400."""
+    A request without a length is the engine's to size, as on `vllm serve`: the rest of the context, at most the cap
+    (the engine's ceiling, services.app.output_ceiling). Bodies that are not a JSON object, or lengths that are not
+    integers, pass too: the engine's own request validation answers those with its 400."""
     if path not in TOKEN_FIELDS or guard.max_tokens is None:
-        return body
+        return None
     try:
         request = json.loads(body)
     except ValueError:
-        return body
+        return None
     if not isinstance(request, dict):
-        return body
-    fields, default = TOKEN_FIELDS[path]
-    param = next((f for f in fields if request.get(f) is not None), fields[-1])
-    requested = request.get(param, default)
-    if requested is not None and (not isinstance(requested, int) or isinstance(requested, bool)):
-        return body
-    resolved = guard.resolve_max_tokens(requested, param)
-    if isinstance(resolved, Rejection):
-        return resolved
-    if resolved == request.get(param, default):
-        return body
-    return json.dumps({**request, param: resolved}).encode()
-
-
-def _with_length(scope: Scope, size: int) -> Scope:
-    headers = [(k, v) for k, v in scope.get("headers", []) if k.lower() != b"content-length"]
-    return {**scope, "headers": [*headers, (b"content-length", str(size).encode())]}
+        return None
+    param = next((f for f in TOKEN_FIELDS[path] if request.get(f) is not None), None)
+    requested = request.get(param) if param else None
+    if not isinstance(requested, int) or isinstance(requested, bool):
+        return None
+    return guard.check_max_tokens(requested, param)
 
 
 def _is_page(scope: Scope) -> bool:
@@ -139,11 +130,7 @@ class GuardMiddleware:
             rejection = guard.check_size(int(declared)) if declared.isdigit() else None
             if rejection is None:
                 body, rejection = await _read_body(receive, guard)
-                capped = cap_tokens(guard, route_path(scope), body) if rejection is None else body
-                if isinstance(capped, Rejection):
-                    rejection = capped
-                elif capped is not body:
-                    body, scope = capped, _with_length(scope, len(capped))
+                rejection = rejection or check_tokens(guard, route_path(scope), body)
                 receive = _replay(body, receive)
         if rejection is not None:
             await _reject(send, rejection)

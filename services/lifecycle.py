@@ -12,8 +12,10 @@ the pipeline deployed; with its pinned versions Serve applies it without restart
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -22,7 +24,7 @@ from typing import Any
 
 from pipelines.errors import ClusterError, SpecError, StageError
 from services import remote
-from services.app import SERVER_PREFIX, AppRecord, build_app
+from services.app import SERVER_PREFIX, AppRecord, build_app, fingerprint
 
 KV_NAMESPACE = "llmctl"
 Log = Callable[[str], None]
@@ -54,6 +56,26 @@ def delete_record(name: str) -> None:
     from ray.experimental import internal_kv
 
     internal_kv._internal_kv_del(_kv_key(name), namespace=KV_NAMESPACE)
+    internal_kv._internal_kv_del(_served_key(name), namespace=KV_NAMESPACE)
+
+
+def _served_key(name: str) -> bytes:
+    return f"serve/{name}/served".encode()
+
+
+def mark_served(record: AppRecord) -> None:
+    """Remember that the app now serves exactly `record`: stored once a deploy or rescale has finished, never while
+    one is under way, so an interrupted rollout is deployed again."""
+    from ray.experimental import internal_kv
+
+    internal_kv._internal_kv_put(_served_key(record.name), fingerprint(record), overwrite=True, namespace=KV_NAMESPACE)
+
+
+def _served_fingerprint(name: str) -> str | None:
+    from ray.experimental import internal_kv
+
+    raw = internal_kv._internal_kv_get(_served_key(name), namespace=KV_NAMESPACE)
+    return raw.decode() if raw is not None else None
 
 
 def _app_names() -> list[str]:
@@ -62,16 +84,71 @@ def _app_names() -> list[str]:
     return sorted(serve.status().applications)
 
 
-def start_serve(host: str, port: int, log: Log) -> tuple[str, int]:
+def start_serve(host: str, port: int, log: Log, stage: str = "serve") -> tuple[str, int]:
     """Start Serve's HTTP proxy on host:port unless Serve runs already; return where the proxy really listens."""
     from ray import serve
     from ray.serve.context import _get_global_client
 
+    if _get_global_client(raise_if_no_controller_running=False) is None:
+        check_port(stage, host, port)
     serve.start(http_options={"host": host, "port": port})
     http = _get_global_client().http_config
     if (http.host, http.port) != (host, port):
         log(f"Serve already runs with its proxy on {http.host}:{http.port}; serving there (asked {host}:{port}).")
     return http.host, http.port
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether a listening socket holds host:port on this machine (a port in TIME_WAIT is free to take)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
+
+
+def served_models(base_url: str) -> list[str]:
+    """The models an llmctl app at base_url serves, as its /health names them (services.ingress); [] when nothing
+    answers there or something that is not an llmctl app does."""
+    try:
+        with urllib.request.urlopen(f"{base_url}/health", timeout=3) as resp:
+            models = json.loads(resp.read()).get("models")
+    except (urllib.error.URLError, OSError, ValueError, AttributeError):
+        return []
+    return [m for m in models if isinstance(m, str)] if isinstance(models, list) else []
+
+
+def check_port(stage: str, host: str, port: int) -> None:
+    """Refuse to start Serve's proxy on a port another process holds: its ingress would fail to bind, deep in Serve
+    (HAProxy's 'cannot bind socket' in a long traceback). Names the llmctl app holding the port, if one does."""
+    if not port_in_use(host, port):
+        return
+    field = f"stages.{stage}.http.port"
+    use_free = f"set {field} to a free port (`--set {stage}.http.port={next_free_port(host, port)}`)"
+    apps = served_models(f"http://{_local(host)}:{port}")
+    if apps:
+        raise StageError(
+            f"{field}: {host}:{port} is already taken by the llmctl app '{apps[0]}' (the Serve proxy of another "
+            f"Ray cluster on this machine). Either {use_free}, or remove that app with `llmctl serve down "
+            f"{apps[0]}` on its cluster."
+        )
+    raise StageError(
+        f"{field}: {host}:{port} is already taken by another process, so Serve's proxy cannot listen there. "
+        f"Either {use_free}, or stop that process."
+    )
+
+
+def next_free_port(host: str, port: int) -> int:
+    """The first port above `port` that is free now, to suggest in place of a taken one."""
+    return next((p for p in range(port + 1, min(port + 100, 65536)) if not port_in_use(host, p)), port + 1)
+
+
+def _local(host: str) -> str:
+    """An address of this machine to connect to for a bind address (a wildcard binds loopback too)."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
 
 
 def endpoint_url(host: str, port: int, route_prefix: str) -> str:
@@ -83,12 +160,13 @@ def endpoint_url(host: str, port: int, route_prefix: str) -> str:
     return f"http://{host}:{port}{route_prefix.rstrip('/')}/v1"
 
 
-def deploy(record: AppRecord, log: Log = print) -> dict[str, Any]:
-    """Deploy (or roll) the application, wait until it serves, and describe it."""
+def deploy(record: AppRecord, log: Log = print, stage: str = "serve") -> dict[str, Any]:
+    """Deploy (or roll) the application, wait until it serves, and describe it. `stage` names the serve stage in
+    errors about its fields."""
     from ray import serve
 
     http = record.stage.http
-    host, port = start_serve(http.host, http.port, log)
+    host, port = start_serve(http.host, http.port, log, stage)
     started = time.monotonic()
     target = serve.RunTarget(target=build_app(record), name=record.name, route_prefix=http.route_prefix)
     serve.run_many([target], wait_for_applications_running=False)
@@ -96,9 +174,28 @@ def deploy(record: AppRecord, log: Log = print) -> dict[str, Any]:
     wait_running(record.name, record.stage.deploy_timeout_s, log)
     endpoint = endpoint_url(host, port, http.route_prefix)
     wait_http(endpoint.removesuffix("/v1") + "/health", timeout_s=120.0)
+    mark_served(record)
     summary = status(record.name)
-    summary["deploy_s"] = round(time.monotonic() - started, 1)
+    summary["deploy_s"], summary["unchanged"] = round(time.monotonic() - started, 1), False
     return summary
+
+
+def confirm_unchanged(record: AppRecord) -> dict[str, Any] | None:
+    """The app's status when it already serves exactly `record` (same spec, model files, keys, runtime_env and
+    serving code), every deployment is healthy and its /health answers; None when it must be deployed.
+
+    What a resubmit with every stage cached costs: no vLLM or Serve LLM import, no rebuilt config."""
+    if _served_fingerprint(record.name) != fingerprint(record):
+        return None
+    try:
+        summary = status(record.name)
+    except ClusterError:  # deleted behind llmctl's back
+        return None
+    healthy = all(d["status"] == "HEALTHY" for d in summary["deployments"].values())
+    if summary["status"] != "RUNNING" or not healthy:
+        return None
+    answers = record.name in served_models(summary["endpoint"].removesuffix("/v1"))
+    return {**summary, "deploy_s": 0.0, "unchanged": True} if answers else None
 
 
 def _deployment_problems(app: Any) -> str:
@@ -289,11 +386,13 @@ def scale(name: str, address: str | None = None, timeout_s: float = 600.0, **cha
     serve.run_many([target], wait_for_applications_running=False)
     save_record(record)
     wait_running(name, timeout_s, log=lambda _: None)
+    mark_served(record)
     return status(name)
 
 
 def down(name: str, address: str | None = None, timeout_s: float = 600.0) -> dict[str, Any]:
-    """Delete the application and its record."""
+    """Delete the application and its record. With the last application Serve stops too, so its proxy frees the
+    HTTP port (a proxy without applications would hold it and answer 404)."""
     if is_dashboard(address):
         return remote.run(address, ["down", name], timeout_s)
     from ray import serve
@@ -303,6 +402,8 @@ def down(name: str, address: str | None = None, timeout_s: float = 600.0) -> dic
         raise ClusterError(f"no Serve application named '{name}' (running: {', '.join(_app_names()) or 'none'}).")
     serve.delete(name)
     delete_record(name)
+    if not serve.status().applications:
+        serve.shutdown()
     return {"name": name, "deleted": True}
 
 

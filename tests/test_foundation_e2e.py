@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import textwrap
 import time
 
@@ -11,9 +12,9 @@ from click.testing import CliRunner
 from cli.main import main
 from cluster import jobs, multinode
 from pipelines import storage
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port
 from tests.observability.chromium import open_page
-from tests.services.conftest import requests_served, wait_for
+from tests.services.conftest import printed_curl, requests_served, run_in_shell, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -65,6 +66,37 @@ def markers(root) -> dict[str, dict]:
     return {json.loads(open(f).read())["stage"]: json.loads(open(f).read()) for f in found}
 
 
+def serve_only_spec(tmp_path, port: int) -> str:
+    """A pipeline that only serves a model directory (whose files the stage never reads here: it fails first)."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"max_position_embeddings": 128}')
+    path = tmp_path / "serve.yaml"
+    path.write_text(textwrap.dedent(f"""
+        name: taken
+        storage: {tmp_path}/runs
+        stages:
+          serve: {{kind: serve, model: {model}, http: {{port: {port}}}, deploy_timeout_s: 120,
+                   autoscaling: {{min_replicas: 1, max_replicas: 1, target_ongoing_requests: 2}}}}
+        """))
+    return str(path)
+
+
+def test_serve_stage_on_a_taken_port_fails_with_one_message(two_nodes, tmp_path):
+    """Another program holds the stage's port (as a user's `make run` app holds 8000): the stage fails before Serve
+    starts, with one message. First in this module: the cluster's Serve must not run yet, as on a fresh cluster."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = submit(serve_only_spec(tmp_path, port), two_nodes.dashboard_url)
+    assert result.exit_code != 0
+    message = (f"stages.serve.http.port: 127.0.0.1:{port} is already taken by another process, so Serve's proxy "
+               "cannot listen there. Either set stages.serve.http.port to a free port (`--set serve.http.port=")
+    assert f"[serve] failed: {message}" in result.output, result.output
+    assert "Traceback" not in result.output and "cannot bind socket" not in result.output
+
+
 def test_example_pipeline_runs_end_to_end_then_resubmit_skips_every_stage(two_nodes, corpus, monkeypatch):
     """`llmctl submit pipelines/examples/tiny.yaml` as `make run` does it (fewer steps), unchanged, on a cluster of
     two nodes: raw text to an endpoint that answers the openai client; the resubmit skips every stage and only
@@ -78,7 +110,9 @@ def test_example_pipeline_runs_end_to_end_then_resubmit_skips_every_stage(two_no
              "--set", "pretrain.schedule.eval_every=6",
              "--set", "pretrain.schedule.checkpoint_every=6", "--set", "serve.autoscaling.max_replicas=1",
              # vLLM without graph compilation starts tens of seconds sooner; `make run` serves compiled.
-             "--set", "serve.engine.enforce_eager=true"]  # fmt: skip
+             "--set", "serve.engine.enforce_eager=true",
+             # A free port, never a user's running app's (tiny.yaml serves on Serve's default, 8000).
+             "--set", f"serve.http.port={free_port()}"]  # fmt: skip
     for stage in ("sft", "dpo"):  # two steps each: the chain pretrain -> sft -> dpo -> serve is what is tested
         for key, value in (("schedule.steps", 2), ("optim.warmup_steps", 1), ("schedule.eval_every", 2),
                            ("schedule.checkpoint_every", 2)):  # fmt: skip
@@ -103,7 +137,11 @@ def test_example_pipeline_runs_end_to_end_then_resubmit_skips_every_stage(two_no
         endpoint = done["serve"]["metrics"]["endpoint"]
         serving = done["serve"]["metrics"]
         assert serving["probe_requests"] == 3 and 0 < serving["ttft_s_p50"] <= serving["latency_s_p50"]
-        assert f"Endpoint:  {endpoint}" in first.output and "curl " in first.output
+        assert f"Endpoint:  {endpoint}" in first.output
+        # The curl line it printed, run as it is: no max_tokens, so the engine sizes the answer (the rest of the
+        # 128-token context, below the app's default cap of 1024).
+        status, body = run_in_shell(printed_curl(first.output), str(root))
+        assert status == 200 and body["choices"][0]["message"]["content"], body
         assert ask(endpoint, "tiny", "What is Ray?", max_tokens=8).strip()
         # engine.metrics: ray (the default): the engine's counters reach Prometheus through Ray's own service discovery
         # (nodes export every few seconds): the probe's three requests and this one.
@@ -138,6 +176,7 @@ def test_example_pipeline_runs_end_to_end_then_resubmit_skips_every_stage(two_no
         again = markers(root / "runs")
         assert {k: v for k, v in again.items() if k != "serve"} == {k: v for k, v in done.items() if k != "serve"}
         assert again["serve"]["metrics"]["endpoint"] == endpoint, "the app was re-checked, not moved"
+        assert again["serve"]["metrics"]["unchanged"] is True, "the unchanged app that answers was not redeployed"
         print(f"resubmit with every training stage cached took {elapsed:.1f}s")
     finally:
         CliRunner().invoke(main, ["serve", "down", "tiny", "--address", two_nodes.dashboard_url])

@@ -6,9 +6,12 @@ Serve's proxy on a free port, and removed (only it) when the session ends.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -19,6 +22,7 @@ API_KEY_ENV = "LLMCTL_TEST_API_KEY"
 API_KEY = "test-key-0123456789"
 APP = "tiny"
 MAX_TOKENS_CAP = 64
+MAX_MODEL_LEN = 256
 MAX_REQUEST_BYTES = 16_384
 
 
@@ -30,6 +34,7 @@ class ServedApp:
     api_key: str
     metrics: dict
     model_dir: str
+    ctx: Any  # the StageContext it was deployed from, to run the stage again
 
 
 @pytest.fixture(scope="session")
@@ -54,7 +59,8 @@ def serve_spec(model: str, port: int) -> dict:
         },
         # 64 MiB KV cache: the machine is shared; eager mode: no compile step at start. Engine metrics at /metrics
         # (the example pipeline's app keeps the default, Ray's metrics).
-        "engine": {"max_model_len": 256, "kv_cache_bytes": 64 << 20, "enforce_eager": True, "metrics": "endpoint"},
+        "engine": {"max_model_len": MAX_MODEL_LEN, "kv_cache_bytes": 64 << 20, "enforce_eager": True,
+                   "metrics": "endpoint"},  # fmt: skip
         "placement": {"cpus_per_replica": 1},
         "http": {"host": "127.0.0.1", "port": port},
         "api_key_env": API_KEY_ENV,
@@ -94,7 +100,7 @@ def served_app(ray_session, tiny_model_dir, tmp_path_factory):
     ctx = stage_context(str(tmp_path_factory.mktemp("run")), serve_spec("pretrain", free_port()), str(export))
     metrics = stage.run(ctx)
     endpoint = metrics["endpoint"]
-    yield ServedApp(APP, endpoint, endpoint.removesuffix("/v1"), API_KEY, metrics, tiny_model_dir)
+    yield ServedApp(APP, endpoint, endpoint.removesuffix("/v1"), API_KEY, metrics, tiny_model_dir, ctx)
     if APP in serve.status().applications:
         serve.delete(APP)  # only our app: the session cluster may serve other tests' apps
 
@@ -112,6 +118,37 @@ def requests_served(prometheus_text: str, counter: str, model: str) -> float:
     """vLLM's finished-request counter of `model` in Prometheus text, summed over its finish reasons (and engines)."""
     lines = [line for line in prometheus_text.splitlines() if line.startswith(counter + "{")]
     return sum(float(line.rsplit(" ", 1)[1]) for line in lines if f'model_name="{model}"' in line)
+
+
+def printed_curl(output: str) -> str:
+    """The `curl` command in what `llmctl submit` prints (services.client.usage): from `curl` to the first line
+    that does not continue with a backslash, as a user copies it."""
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.lstrip().startswith("curl "))
+    end = next(i for i in range(start, len(lines)) if not lines[i].rstrip().endswith("\\"))
+    return "\n".join(lines[start : end + 1])
+
+
+def run_in_shell(command: str, curl_home: str, env: dict[str, str] | None = None) -> tuple[int, dict]:
+    """(HTTP status, JSON body) of a printed curl command run by bash with real curl. curl's own config file
+    ($CURL_HOME/.curlrc) appends the status, so the command runs exactly as printed."""
+    with open(os.path.join(curl_home, ".curlrc"), "w") as f:
+        f.write('silent\nshow-error\nwrite-out = "\\n%{http_code}"\n')
+    shell_env = {**os.environ, **(env or {}), "CURL_HOME": curl_home}
+    done = subprocess.run(["bash", "-c", command], env=shell_env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    body, _, status = done.stdout.rpartition("\n")
+    return int(status), json.loads(body)
+
+
+def taken_port_message(port: int, holder: str, fix: str) -> str:
+    """The serve stage's error for a taken port; the free port it suggests is checked to be free and above."""
+    from services import lifecycle
+
+    free = lifecycle.next_free_port("127.0.0.1", port)
+    assert free > port and not lifecycle.port_in_use("127.0.0.1", free)
+    return (f"stages.serve.http.port: 127.0.0.1:{port} is already taken by {holder}. Either set stages.serve.http.port "
+            f"to a free port (`--set serve.http.port={free}`), or {fix}.")  # fmt: skip
 
 
 def wait_for(predicate, timeout_s: float, poll_s: float = 1.0, what: str = "condition"):

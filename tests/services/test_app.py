@@ -12,6 +12,7 @@ from services import app, lifecycle
 from services.app import AppRecord
 from services.auth import Guard
 from services.client import usage
+from tests.services.conftest import taken_port_message
 
 
 def record(**fields) -> AppRecord:
@@ -22,7 +23,8 @@ def record(**fields) -> AppRecord:
 
 def test_engine_kwargs_default_memory_by_device():
     cpu = app.engine_kwargs(record().stage)
-    assert cpu == {"dtype": "auto", "enforce_eager": False, "tensor_parallel_size": 1, "gpu_memory_utilization": 0.2}
+    assert cpu == {"dtype": "auto", "enforce_eager": False, "tensor_parallel_size": 1, "gpu_memory_utilization": 0.2,
+                   "override_generation_config": {"max_new_tokens": 1024}}  # fmt: skip
     gpu = app.engine_kwargs(record(placement={"use_gpu": True}, engine={"max_model_len": 2048}).stage)
     assert gpu["gpu_memory_utilization"] == 0.9 and gpu["max_model_len"] == 2048
     exact = app.engine_kwargs(record(engine={"kv_cache_bytes": 1 << 26, "kwargs": {"max_num_seqs": 8}}).stage)
@@ -81,9 +83,11 @@ def test_versions_roll_only_what_changed():
     rescaled = lifecycle.rescaled(base, {"max_replicas": 4})
     assert app.version(rescaled) == version  # a rescale restarts nothing
     assert app.version(record(http={"port": 9000})) == version
-    # Keys and limits are the replicas' user_config: swapped in place, the model stays loaded.
+    # Keys and the body limit are the replicas' user_config: swapped in place, the model stays loaded.
     keyed = base.model_copy(update={"key_digests": ("sha256:" + "1" * 64,)})
-    assert app.version(keyed) == version and app.version(record(limits={"max_tokens": 8})) == version
+    assert app.version(keyed) == version and app.version(record(limits={"max_request_bytes": 4096})) == version
+    # The max_tokens cap is also the engine's ceiling for requests without one: the replicas restart with it.
+    assert app.version(record(limits={"max_tokens": 8})) != version
     assert app.guard(keyed).key_digests == ("sha256:" + "1" * 64,)
     assert app.version(base.model_copy(update={"model_fingerprint": "f2"})) != version
     assert app.version(record(engine={"max_model_len": 512})) != version
@@ -175,6 +179,7 @@ def test_serve_llm_accepts_the_config(tiny_model_dir):
     rec = record(engine={"max_model_len": 128}).model_copy(update={"model_source": tiny_model_dir})
     config = LLMConfig(**app.llm_config_kwargs(rec))
     assert config.model_id == "chat" and config.max_request_context_length == 128
+    assert config.engine_kwargs["override_generation_config"] == {"max_new_tokens": 1024}
     assert config.get_engine_config().get_initialization_kwargs()["distributed_executor_backend"] == "mp"
 
 
@@ -208,3 +213,18 @@ def test_probe_of_an_endpoint_that_does_not_answer_names_the_field_to_skip_it():
         "stages.serve.probe_requests: 0 to deploy without the check"
     with pytest.raises(StageError, match=expected):
         probe_once("serve", endpoint, "tiny")
+
+
+def test_a_port_another_process_holds_is_refused_with_the_field_that_fixes_it():
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(StageError) as info:
+            lifecycle.check_port("serve", "127.0.0.1", port)
+        assert str(info.value) == taken_port_message(
+            port, "another process, so Serve's proxy cannot listen there", "stop that process"
+        )
+    lifecycle.check_port("serve", "127.0.0.1", port)  # released: nothing to say

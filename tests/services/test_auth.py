@@ -51,12 +51,12 @@ def test_authorize():
 def test_size_and_max_tokens_limits():
     guard = Guard(max_request_bytes=100, max_tokens=64)
     assert guard.check_size(100) is None and guard.check_size(101).status == 413
-    assert guard.resolve_max_tokens(None) == 64 and guard.resolve_max_tokens(10) == 10
-    rejection = guard.resolve_max_tokens(65, "max_completion_tokens")
+    assert guard.check_max_tokens(64) is None
+    rejection = guard.check_max_tokens(65, "max_completion_tokens")
     assert rejection == Rejection(
         400, "max_completion_tokens is 65; this endpoint allows at most 64.", param="max_completion_tokens"
     )
-    assert Guard(max_tokens=None).resolve_max_tokens(None) is None
+    assert Guard(max_tokens=None).check_max_tokens(10**9) is None
 
 
 # ---- the ASGI middleware, on a stand-in app -------------------------------------------------------------------
@@ -110,27 +110,42 @@ def test_guard_limits_declared_and_chunked_bodies(guarded):
     assert resp.status_code == 413 and "limit is 1000" in resp.json()["error"]["message"]
 
 
-def test_max_tokens_cap_on_raw_bodies():
-    from services.ingress import cap_tokens
+def test_max_tokens_above_the_cap_is_refused_and_a_missing_one_left_to_the_engine():
+    from services.ingress import check_tokens
 
     guard = Guard(max_tokens=64)
     chat, completions = "/v1/chat/completions", "/v1/completions"
-    assert json.loads(cap_tokens(guard, chat, b'{"messages": []}')) == {"messages": [], "max_tokens": 64}
+    # No length: the engine gives the rest of the context, at most the cap (its ceiling), as on `vllm serve`.
+    assert check_tokens(guard, chat, b'{"messages": []}') is None
+    assert check_tokens(Guard(max_tokens=8), completions, b'{"prompt": "x"}') is None
     # max_completion_tokens wins over max_tokens, as in OpenAI's API, and is the one checked.
-    over = cap_tokens(guard, chat, b'{"max_completion_tokens": 65, "max_tokens": 8}')
+    over = check_tokens(guard, chat, b'{"max_completion_tokens": 65, "max_tokens": 8}')
     assert over == Rejection(400, "max_completion_tokens is 65; this endpoint allows at most 64.",
                              param="max_completion_tokens")  # fmt: skip
-    within = b'{"prompt": "x", "max_tokens": 10}'
-    assert cap_tokens(guard, completions, within) is within  # nothing to change: the very bytes pass on
-    assert cap_tokens(guard, completions, b'{"prompt": "x"}') == b'{"prompt": "x"}'  # OpenAI's default of 16
-    assert cap_tokens(Guard(max_tokens=8), completions, b'{"prompt": "x"}').status == 400  # ... which is over 8
+    assert check_tokens(guard, completions, b'{"prompt": "x", "max_tokens": 65}').param == "max_tokens"
+    assert check_tokens(guard, completions, b'{"prompt": "x", "max_tokens": 64}') is None
     # Not ours to judge: the engine's validation answers these with its own 400.
     for body in (b'{"prompt": ', b'[1, 2]', b'{"max_tokens": "many"}', b'{"max_tokens": true}'):
-        assert cap_tokens(guard, completions, body) is body
-    assert cap_tokens(guard, "/v1/models", b"{}") == b"{}" and cap_tokens(Guard(), chat, b"{}") == b"{}"
+        assert check_tokens(guard, completions, body) is None
+    assert check_tokens(guard, "/v1/models", b'{"max_tokens": 65}') is None
+    assert check_tokens(Guard(), chat, b'{"max_tokens": 65}') is None
 
 
-def test_guard_hands_the_capped_body_on_with_its_new_length():
+def test_the_cap_is_the_engines_ceiling_for_requests_without_a_length():
+    from pipelines.spec.serve import ServeStage
+    from services.app import engine_kwargs
+
+    def stage(**fields) -> ServeStage:
+        return ServeStage.model_validate({"kind": "serve", "model": "m", "autoscaling": {"target_ongoing_requests": 2},
+                                          **fields})  # fmt: skip
+
+    assert engine_kwargs(stage())["override_generation_config"] == {"max_new_tokens": 1024}
+    assert "override_generation_config" not in engine_kwargs(stage(limits={"max_tokens": None}))
+    own = stage(limits={"max_tokens": 64}, engine={"kwargs": {"override_generation_config": {"temperature": 0.5}}})
+    assert engine_kwargs(own)["override_generation_config"] == {"temperature": 0.5, "max_new_tokens": 64}
+
+
+def test_guard_passes_a_request_without_a_length_on_unchanged():
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse
@@ -140,15 +155,12 @@ def test_guard_hands_the_capped_body_on_with_its_new_length():
     from services import ingress
 
     async def echo(request: Request) -> JSONResponse:
-        body = await request.body()
-        return JSONResponse({"json": json.loads(body), "length": int(request.headers["content-length"])})
+        return JSONResponse({"json": json.loads(await request.body())})
 
     app = Starlette(routes=[Route("/v1/chat/completions", echo, methods=["POST"])])
     guard = Guard(max_tokens=32)
     app.add_middleware(ingress.GuardMiddleware, guard=lambda: guard)
     client = TestClient(app)
-    reply = client.post("/v1/chat/completions", json={"messages": []}).json()
-    assert reply["json"] == {"messages": [], "max_tokens": 32}
-    assert reply["length"] == len(json.dumps(reply["json"]).encode())
+    assert client.post("/v1/chat/completions", json={"messages": []}).json() == {"json": {"messages": []}}
     refused = client.post("/v1/chat/completions", json={"messages": [], "max_tokens": 33})
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "max_tokens"

@@ -6,7 +6,19 @@ import httpx
 import openai
 import pytest
 
-from tests.services.conftest import MAX_REQUEST_BYTES, MAX_TOKENS_CAP, requests_served
+from pipelines.errors import StageError
+from services.client import usage
+from tests.services.conftest import (
+    API_KEY_ENV,
+    APP,
+    MAX_MODEL_LEN,
+    MAX_REQUEST_BYTES,
+    MAX_TOKENS_CAP,
+    printed_curl,
+    requests_served,
+    run_in_shell,
+    taken_port_message,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
@@ -78,11 +90,25 @@ def test_engine_metrics_at_the_endpoint_behind_the_key(http, served_app, client)
     assert requests_served(text, "vllm:request_success_total", "tiny") >= 1
 
 
-def test_missing_max_tokens_gets_the_cap(client):
-    # Chat has no default max_tokens (completions default to 16, as in OpenAI's API): the cap applies.
+def test_missing_max_tokens_gets_the_rest_of_the_context_at_most_the_cap(client):
+    # As on `vllm serve`: a chat request without max_tokens may fill the context; the cap is only its ceiling.
     messages = [{"role": "user", "content": "the"}]
     reply = client.chat.completions.create(model="tiny", messages=messages, extra_body={"ignore_eos": True})
     assert reply.usage.completion_tokens == MAX_TOKENS_CAP
+    # A prompt that leaves less than the cap: the answer fills what is left (a cap sent as max_tokens overflowed).
+    messages = [{"role": "user", "content": "the " * 220}]
+    prompt = client.chat.completions.create(model="tiny", messages=messages, max_tokens=1).usage.prompt_tokens
+    assert MAX_MODEL_LEN - MAX_TOKENS_CAP < prompt < MAX_MODEL_LEN, "the prompt must leave less than the cap"
+    reply = client.chat.completions.create(model="tiny", messages=messages, extra_body={"ignore_eos": True})
+    assert reply.usage.completion_tokens == MAX_MODEL_LEN - prompt and reply.choices[0].finish_reason == "length"
+
+
+def test_the_printed_curl_line_answers(served_app, tmp_path):
+    """The curl line `llmctl submit` prints for an app with keys, run as it is by bash with the key exported."""
+    command = printed_curl(usage(served_app.endpoint, APP, api_key_env=API_KEY_ENV))
+    status, body = run_in_shell(command, str(tmp_path), env={API_KEY_ENV: served_app.api_key})
+    assert status == 200, body
+    assert body["object"] == "chat.completion" and body["choices"][0]["message"]["content"]
 
 
 def test_health_is_open_and_reflects_the_engine(http):
@@ -145,3 +171,17 @@ def test_oversized_body_gets_413_before_parsing(http, served_app):
     assert resp.status_code == 413
     # Without a key the 401 comes first: nothing about the body is looked at.
     assert http.post("/v1/completions", content=big).status_code == 401
+
+
+def test_a_port_an_llmctl_app_holds_is_refused_naming_the_app(served_app):
+    """What a serve stage on another cluster (one whose Serve is not running yet) says about this app's port."""
+    from urllib.parse import urlparse
+
+    from services import lifecycle
+
+    port = urlparse(served_app.endpoint).port
+    with pytest.raises(StageError) as info:
+        lifecycle.check_port("serve", "127.0.0.1", port)
+    holder = "the llmctl app 'tiny' (the Serve proxy of another Ray cluster on this machine)"
+    fix = "remove that app with `llmctl serve down tiny` on its cluster"
+    assert str(info.value) == taken_port_message(port, holder, fix)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from urllib.parse import urlparse
 
 import httpx
 import psutil
@@ -38,6 +39,17 @@ def greedy(app, prompt: str = "the cat runs") -> str:
     return resp.json()["choices"][0]["text"]
 
 
+def test_an_unchanged_app_that_answers_is_confirmed_not_redeployed(settled_app):
+    """What a resubmit with every stage cached does: the same stage again finds its app serving the same record."""
+    from services import stage
+
+    before = running_ids()
+    again = stage.run(settled_app.ctx)
+    assert again["unchanged"] is True and again["deploy_s"] == 0.0
+    assert again["endpoint"] == settled_app.endpoint and again["replicas"] == 1
+    assert running_ids() == before
+
+
 def test_autoscaling_goes_1_to_2_and_back_with_no_failed_requests(settled_app, record_property):
     # Four clients, twice the target of 2 ongoing requests per replica, asking for the longest answers the app
     # allows: the same pressure on the autoscaler with a quarter of the requests of 16-token answers, so the new
@@ -66,11 +78,20 @@ def test_autoscaling_goes_1_to_2_and_back_with_no_failed_requests(settled_app, r
     assert heavy.sent > 20 and light.sent > 0
 
 
-def test_sigkill_of_the_replica_under_load_recovers(settled_app, record_property):
+@pytest.fixture
+def one_replica(settled_app):
+    """The shared app pinned to one replica (a lightweight update), and back to its bounds afterwards: two clients
+    at a target of two ongoing requests would otherwise start a second engine beside the one under test."""
+    lifecycle.scale(APP, replicas=1)
+    yield settled_app
+    lifecycle.scale(APP, min_replicas=1, max_replicas=2)
+
+
+def test_sigkill_of_the_replica_under_load_recovers(one_replica, record_property):
     (replica,) = model_replicas()
     victim = psutil.Process(replica["pid"])
     engine_procs = victim.children(recursive=True)
-    load = Load(settled_app.base_url, APP, settled_app.api_key, max_requests=3000, max_seconds=400,
+    load = Load(one_replica.base_url, APP, one_replica.api_key, max_requests=3000, max_seconds=400,
                 max_tokens=MAX_TOKENS_CAP)  # long answers: fewer requests beside the replica that starts
     load.concurrency(2)
     try:
@@ -90,7 +111,7 @@ def test_sigkill_of_the_replica_under_load_recovers(settled_app, record_property
     print(f"\nSIGKILL under load: {load.sent} requests, {load.failed} failed ({dict(load.outcomes)})")
     assert failed_before_kill == 0
     assert load.failed == failed_at_recovery, "requests failed after the replacement was serving"
-    assert httpx.get(f"{settled_app.base_url}/health").status_code == 200
+    assert httpx.get(f"{one_replica.base_url}/health").status_code == 200
 
 
 def test_scale_changes_bounds_without_restarting_replicas(settled_app):
@@ -133,17 +154,22 @@ def test_newer_model_under_the_same_name_rolls_without_failed_requests(settled_a
     record_property("requests", load.sent)
     assert load.failed == 0 and load.sent > 10, (load.outcomes, load.errors[:3])
     assert metrics["endpoint"] == settled_app.endpoint  # Serve kept its proxy port
+    assert metrics["unchanged"] is False  # new model files: a new fingerprint, so a deploy
     assert running_ids().isdisjoint(old_ids)
     assert lifecycle.load_record(APP).model_source == str(tmp_path / "pretrain-v2" / "model")
     assert greedy(settled_app) != old_text  # the 3-layer model answers, not the old one
 
 
 def test_down_removes_the_app_and_its_record(ray_head, served_app):
-    assert lifecycle.down(APP, ray_head.dashboard_url) == {"name": APP, "deleted": True}
+    """The fix the serve stage names for a port an llmctl app holds: `llmctl serve down NAME` frees it (Serve stops
+    with its last app). From this driver: Serve's client here must learn that Serve stopped."""
     from ray import serve
 
+    port = urlparse(served_app.endpoint).port
+    assert lifecycle.down(APP) == {"name": APP, "deleted": True}
     assert APP not in serve.status().applications
+    wait_for(lambda: not lifecycle.port_in_use("127.0.0.1", port), 30, 0.5, what="Serve to free its port")
     with pytest.raises(ClusterError, match="no llmctl record for Serve application 'tiny'"):
         lifecycle.load_record(APP)
-    with pytest.raises(ClusterError, match="no Serve application named 'tiny'"):
-        lifecycle.down(APP)
+    with pytest.raises(ClusterError, match=r"no Serve application named 'tiny' \(running: none\)"):
+        lifecycle.down(APP, ray_head.dashboard_url)  # as a Ray job, through the dashboard
