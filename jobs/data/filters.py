@@ -9,9 +9,10 @@ measured value, so the stage can count drops per rule.
 from __future__ import annotations
 
 import re
-from collections import Counter
 from collections.abc import Callable, Iterable
 from functools import cached_property
+
+import numpy as np
 
 from jobs.data.text import normalize
 from pipelines.spec.curation import (
@@ -58,6 +59,10 @@ class Doc:
     def norm_words(self) -> list[str]:
         """Words of the normalized text, for n-gram statistics."""
         return normalize(self.text).split()
+
+    @cached_property
+    def ngrams(self) -> NgramRepetition:
+        return NgramRepetition(self.norm_words)
 
 
 class Filter:
@@ -212,30 +217,66 @@ def duplicates(items: list[str]) -> tuple[int, int]:
     return count, chars
 
 
+class NgramRepetition:
+    """Repeated word n-grams of one document, for every n at once, with numpy instead of a Counter per n.
+
+    Each n-gram gets an exact rank (equal ranks, equal n-grams): the rank of the (n-1)-gram starting at i combined
+    with the word at i+n-1, renumbered by np.unique, so ranks grow from words to 10-grams in one pass each."""
+
+    def __init__(self, words: list[str]):
+        index: dict[str, int] = {}
+        self.m = len(words)
+        self.ids = np.fromiter((index.setdefault(w, len(index)) for w in words), np.int64, self.m)
+        lengths = np.fromiter(map(len, words), np.int64, self.m)
+        self.prefix = np.concatenate(([0], np.cumsum(lengths)))  # characters of words[:i]
+        self.lengths, self.total = lengths, max(1, int(self.prefix[-1]))
+        self._ranks = {1: self.ids}
+
+    def ranks(self, n: int) -> np.ndarray:
+        """rank of the n-gram starting at each of the m-n+1 positions."""
+        if n not in self._ranks:
+            shorter = self.ranks(n - 1)[:-1]
+            key = shorter * (self.m + 1) + self.ids[n - 1 :]
+            self._ranks[n] = np.unique(key, return_inverse=True)[1].astype(np.int64)
+        return self._ranks[n]
+
+    def top_fraction(self, n: int) -> float:
+        """Characters covered by the most frequent n-gram (all its occurrences; ties: the one seen first) over
+        characters in words."""
+        if self.m < n:
+            return 0.0
+        rank = self.ranks(n)
+        counts = np.bincount(rank)
+        best = counts.max()
+        if best < 2:
+            return 0.0
+        first = np.flatnonzero(counts[rank] == best)[0]  # earliest occurrence of a most frequent n-gram
+        return float(self.prefix[first + n] - self.prefix[first]) * int(best) / self.total
+
+    def dup_fraction(self, n: int) -> float:
+        """Characters of words covered by any occurrence of an n-gram that occurs more than once (each word
+        counted once) over characters in words."""
+        if self.m < n:
+            return 0.0
+        rank = self.ranks(n)
+        starts = np.flatnonzero(np.bincount(rank)[rank] > 1)
+        if not len(starts):
+            return 0.0
+        edges = np.zeros(self.m + 1, dtype=np.int64)
+        edges[starts] += 1
+        edges[starts + n] -= 1
+        return float(self.lengths[np.cumsum(edges[:-1]) > 0].sum()) / self.total
+
+
 def top_ngram_char_fraction(words: list[str], n: int) -> float:
     """Characters covered by the most frequent word n-gram (all its occurrences) over characters in words."""
-    if len(words) < n:
-        return 0.0
-    ngrams = Counter(zip(*(words[i:] for i in range(n)), strict=False))
-    gram, count = ngrams.most_common(1)[0]
-    if count < 2:
-        return 0.0
-    return sum(len(w) for w in gram) * count / max(1, sum(len(w) for w in words))
+    return NgramRepetition(words).top_fraction(n)
 
 
 def dup_ngram_char_fraction(words: list[str], n: int) -> float:
     """Characters of words covered by any occurrence of an n-gram that occurs more than once (each word counted
     once, as in Gopher's 'characters within all duplicate n-grams') over characters in words."""
-    if len(words) < n:
-        return 0.0
-    grams = list(zip(*(words[i:] for i in range(n)), strict=False))  # ragged on purpose
-    counts = Counter(grams)
-    covered = [False] * len(words)
-    for i, gram in enumerate(grams):
-        if counts[gram] > 1:
-            covered[i : i + n] = [True] * n
-    dup = sum(len(w) for w, c in zip(words, covered, strict=True) if c)
-    return dup / max(1, sum(len(w) for w in words))
+    return NgramRepetition(words).dup_fraction(n)
 
 
 class GopherRepetitionFilter(Filter):
@@ -268,12 +309,12 @@ class GopherRepetitionFilter(Filter):
         return None
 
     def _ngrams(self, doc: Doc) -> str | None:
-        words = doc.norm_words
+        stats = doc.ngrams
         for n, limit in sorted(self.cfg.top_ngram_char_fraction.items()):
-            if top_ngram_char_fraction(words, n) > limit:
+            if stats.top_fraction(n) > limit:
                 return f"top_{n}gram_char_fraction>{_fmt(limit)}"
         for n, limit in sorted(self.cfg.dup_ngram_char_fraction.items()):
-            if dup_ngram_char_fraction(words, n) > limit:
+            if stats.dup_fraction(n) > limit:
                 return f"dup_{n}gram_char_fraction>{_fmt(limit)}"
         return None
 

@@ -256,6 +256,26 @@ def _manifest(plan: dict[str, int], items: list[dict[str, Any]], found: Counter,
     }
 
 
+PARQUET_SHARD_ROWS = 50_000
+
+
+def _write_parquet(out_dir: str, items: list[dict[str, Any]]) -> list[str]:
+    """Parquet shards of PARQUET_SHARD_ROWS rows (id, text). A malformed line has no Parquet form: its row gets a
+    null text (an empty one for `empty_text`), which the data stage quarantines the same way."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files = []
+    for s, start in enumerate(range(0, len(items), PARQUET_SHARD_ROWS)):
+        chunk = items[start : start + PARQUET_SHARD_ROWS]
+        texts = [("" if it["kind"] == "malformed:empty_text" else None) if it["kind"].startswith("malformed:")
+                 else it["text"] for it in chunk]  # fmt: skip
+        name = f"part-{s:05d}.parquet"
+        pq.write_table(pa.table({"id": [it["id"] for it in chunk], "text": texts}), os.path.join(out_dir, name))
+        files.append(name)
+    return files
+
+
 def _write_shards(out_dir: str, items: list[dict[str, Any]], lines: list[bytes]) -> list[str]:
     n_shards = max(1, min(4, len(lines) // 250))
     size = -(-len(lines) // n_shards)
@@ -268,24 +288,18 @@ def _write_shards(out_dir: str, items: list[dict[str, Any]], lines: list[bytes])
     return files
 
 
-def write_demo_corpus(out_dir: str, n_docs: int = 2000, seed: int = 0) -> dict:
-    """Write the demo corpus (n_docs JSONL lines in total, malformed ones included) and return its manifest."""
+def write_demo_corpus(out_dir: str, n_docs: int = 2000, seed: int = 0, fmt: str = "jsonl") -> dict:
+    """Write the demo corpus (n_docs JSONL lines or Parquet rows, malformed ones included); return its manifest."""
     rng = random.Random(seed)
     plan = _plan(n_docs)
     items, found, lookalikes = _clean_items(rng, plan)
     items += _duplicate_items(rng, plan)
     items += [{"kind": f"malformed:{MALFORMED_KINDS[i % len(MALFORMED_KINDS)]}"} for i in range(plan["malformed"])]
     rng.shuffle(items)
-    lines = []
     for i, item in enumerate(items):
-        item["id"] = f"doc-{i:06d}"
-        kind = item["kind"]
-        if kind.startswith("malformed:"):
-            lines.append(_malformed(kind.split(":", 1)[1], item["id"]))
-        else:
-            lines.append(json.dumps({"id": item["id"], "text": item["text"]}, ensure_ascii=False).encode("utf-8"))
+        item["id"] = f"doc-{i:07d}" if n_docs >= 1_000_000 else f"doc-{i:06d}"
     os.makedirs(out_dir, exist_ok=True)
-    files = _write_shards(out_dir, items, lines)
+    files = _write_parquet(out_dir, items) if fmt == "parquet" else _write_shards(out_dir, items, _lines(items))
     clean = [it for it in items if not it["kind"].startswith("malformed:")]
     manifest = _manifest(plan, clean, found, lookalikes, seed, files)
     labels = [{k: v for k, v in it.items() if k != "text"} for it in items]
@@ -296,14 +310,26 @@ def write_demo_corpus(out_dir: str, n_docs: int = 2000, seed: int = 0) -> dict:
     return manifest
 
 
+def _lines(items: list[dict[str, Any]]) -> list[bytes]:
+    lines = []
+    for item in items:
+        kind = item["kind"]
+        if kind.startswith("malformed:"):
+            lines.append(_malformed(kind.split(":", 1)[1], item["id"]))
+        else:
+            lines.append(json.dumps({"id": item["id"], "text": item["text"]}, ensure_ascii=False).encode("utf-8"))
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m jobs.demo.corpus", description=__doc__.splitlines()[0])
     parser.add_argument("out_dir")
     parser.add_argument("--n-docs", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--format", choices=("jsonl", "parquet"), default="jsonl")
     args = parser.parse_args(argv)
     try:
-        manifest = write_demo_corpus(args.out_dir, n_docs=args.n_docs, seed=args.seed)
+        manifest = write_demo_corpus(args.out_dir, n_docs=args.n_docs, seed=args.seed, fmt=args.format)
     except ValueError as exc:
         parser.error(str(exc))
     print(json.dumps(manifest["expected"], sort_keys=True))

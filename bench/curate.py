@@ -1,0 +1,194 @@
+"""Curation at scale: the whole `data` stage on Ray Data at growing corpus sizes, and datatrove's MinHash beside it.
+
+For each size, the demo corpus generator (jobs.demo.corpus) writes Parquet shards of that many documents with its
+planted problems (malformed rows, low-quality text, exact and near duplicates, PII). The stage runs on a local Ray
+head of its own, as a pipeline's `data` stage runs (quality filters, exact dedup, MinHash-LSH near-dedup with
+connected components, PII redaction, Parquet out). Reported per size: wall time, docs/s per core, the peak private
+memory (RSS less shared pages, so the object store's mapped blocks do not count) of any Ray worker, bytes the
+object store spilled, and the funnel, which must equal the planted counts.
+
+datatrove's MinHash pipeline (its four steps: signatures, buckets, clusters, filter; local executor on the same
+cores, the same 5-gram shingles and 9 bands x 13 rows) runs on the same input at --datatrove-size. It does
+only near-dedup; llmctl's figure is the whole stage, so the ratio understates llmctl's dedup speed.
+
+    python -m bench.curate [--sizes 10000 100000 1000000] [--datatrove-size 100000] [--workdir /tmp/llmctl-curate]
+
+Prints one JSON object on its last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import threading
+import time
+
+from cluster import local
+from pipelines import plan, storage
+from pipelines.load import validate
+
+TARGETS = {"growth_max": 11.0, "peak_mem_spread_max": 1.5, "ratio_vs_datatrove_min": 1.5}
+
+
+class WorkerMemory:
+    """Samples every Ray worker's private memory (RSS - shared) while it runs; `peak_mb` is the largest seen."""
+
+    def __init__(self, every_s: float = 0.5):
+        self.every_s, self.peak, self._stop = every_s, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> WorkerMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.wait(self.every_s):
+            for proc in psutil.process_iter(["cmdline"]):
+                try:
+                    if (proc.info["cmdline"] or [""])[0].startswith("ray::"):
+                        mem = proc.memory_info()
+                        self.peak = max(self.peak, mem.rss - mem.shared)
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    continue
+
+    @property
+    def peak_mb(self) -> float:
+        return round(self.peak / 2**20, 1)
+
+
+def corpus(workdir: str, n_docs: int) -> tuple[str, dict]:
+    """Parquet shards of the demo corpus (written once per size and kept in workdir) and their manifest."""
+    from jobs.demo.corpus import write_demo_corpus
+
+    path = os.path.join(workdir, f"corpus-{n_docs}")
+    manifest = os.path.join(path, "manifest.json")
+    if not os.path.exists(manifest):
+        shutil.rmtree(path, ignore_errors=True)
+        write_demo_corpus(path, n_docs=n_docs, seed=0, fmt="parquet")
+    with open(manifest) as f:
+        return path, json.load(f)
+
+
+def spilled_bytes(head: local.LocalHead) -> int:
+    from ray._private.internal_api import memory_summary
+
+    summary = memory_summary(head.gcs_address, stats_only=True)
+    found = re.search(r"Spilled (\d+) MiB", summary)
+    return int(found[1]) * 2**20 if found else 0
+
+
+def run_stage(path: str, out: str) -> tuple[float, dict]:
+    from jobs import driver
+
+    spec = validate({"name": "curate-bench", "storage": out,
+                     "stages": {"curate": {"kind": "data", "inputs": [f"{path}/*.parquet"]}}})  # fmt: skip
+    p = plan.build(spec)
+    started = time.perf_counter()
+    output, _ = driver.run_stage(p, spec, p.stages[0], {})
+    return time.perf_counter() - started, output.marker["metrics"]["rows"]
+
+
+def funnel_matches(rows: dict, expected: dict) -> bool:
+    return (rows["in"] == expected["rows_in"] and rows["out"] == expected["kept"]
+            and rows["duplicates_exact"] == expected["exact_duplicates"]
+            and rows["duplicates_near"] == expected["near_duplicates"]
+            and rows["quarantined"] + rows["filtered"] == expected["rejected"] + expected["filtered"])  # fmt: skip
+
+
+def measure_size(head: local.LocalHead, workdir: str, n_docs: int) -> dict:
+    path, manifest = corpus(workdir, n_docs)
+    out = os.path.join(workdir, f"runs-{n_docs}")
+    shutil.rmtree(out, ignore_errors=True)
+    spilled = spilled_bytes(head)
+    with WorkerMemory() as memory:
+        seconds, rows = run_stage(path, out)
+    cores = os.cpu_count() or 1
+    return {"docs": n_docs, "seconds": round(seconds, 1), "docs_per_s_per_core": round(n_docs / seconds / cores),
+            "peak_worker_mem_mb": memory.peak_mb, "spilled_bytes": spilled_bytes(head) - spilled,
+            "funnel": {k: v for k, v in rows.items() if k != "by_reason"},
+            "funnel_matches_planted": funnel_matches(rows, manifest["expected"])}  # fmt: skip
+
+
+def run_datatrove(path: str, workdir: str, cores: int) -> float:
+    """Seconds for datatrove's four MinHash steps on the Parquet shards at `path`."""
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.dedup import MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter
+    from datatrove.pipeline.dedup import MinhashDedupSignature
+    from datatrove.pipeline.readers import ParquetReader
+
+    out = os.path.join(workdir, "datatrove")
+    shutil.rmtree(out, ignore_errors=True)
+    config = MinhashConfig(n_grams=5, num_buckets=9, hashes_per_bucket=13)
+    reader = ParquetReader(path, text_key="text", id_key="id")
+    steps = [
+        [reader, MinhashDedupSignature(output_folder=f"{out}/sigs", config=config)],
+        [MinhashDedupBuckets(input_folder=f"{out}/sigs", output_folder=f"{out}/buckets", config=config)],
+        [MinhashDedupCluster(input_folder=f"{out}/buckets", output_folder=f"{out}/ids", config=config)],
+        [reader, MinhashDedupFilter(input_folder=f"{out}/ids")],
+    ]
+    tasks = [cores, config.num_buckets, 1, cores]
+    started = time.perf_counter()
+    for step, n_tasks in zip(steps, tasks, strict=True):
+        LocalPipelineExecutor(pipeline=step, tasks=n_tasks, workers=cores, logging_dir=f"{out}/logs").run()
+    return time.perf_counter() - started
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--datatrove-size", type=int, default=100_000, help="0 skips datatrove")
+    parser.add_argument("--workdir", default="/tmp/llmctl-curate")
+    args = parser.parse_args(argv)
+    os.makedirs(args.workdir, exist_ok=True)
+    free = local.free_port
+    head = local.LocalHead(free(), free(), free(), free(), f"/tmp/llmctl-curate-{os.getpid()}",
+                           env=local.own_serve_ports())  # fmt: skip
+    local.start(head)
+    try:
+        import ray
+
+        ray.init(address=head.gcs_address, log_to_driver=False)
+        sizes = {str(n): measure_size(head, args.workdir, n) for n in args.sizes}
+    finally:
+        local.stop(head)
+    result = summarize(sizes, args)
+    print(json.dumps(result))
+    return result
+
+
+def summarize(sizes: dict, args: argparse.Namespace) -> dict:
+    result: dict = {"bench": "curate", "cores": os.cpu_count(), "sizes": sizes,
+                    "docs_per_s_per_core": {n: s["docs_per_s_per_core"] for n, s in sizes.items()},
+                    "peak_worker_mem_mb": {n: s["peak_worker_mem_mb"] for n, s in sizes.items()}}  # fmt: skip
+    if "100000" in sizes and "1000000" in sizes:
+        result["growth"] = round(sizes["1000000"]["seconds"] / sizes["100000"]["seconds"], 2)
+    peaks = [s["peak_worker_mem_mb"] for s in sizes.values()]
+    result["peak_mem_spread"] = round(max(peaks) / max(1e-9, min(peaks)), 2)
+    if args.datatrove_size:
+        path, _ = corpus(args.workdir, args.datatrove_size)
+        theirs = run_datatrove(path, args.workdir, os.cpu_count() or 1)
+        result["datatrove_seconds"] = round(theirs, 1)
+        ours = sizes.get(str(args.datatrove_size), {}).get("seconds")
+        if ours:
+            result["ratio_vs_datatrove"] = round(theirs / ours, 2)
+    result["targets"] = TARGETS
+    result["targets_met"] = {
+        "funnel": all(s["funnel_matches_planted"] for s in sizes.values()),
+        "growth": result.get("growth", 0) <= TARGETS["growth_max"] if "growth" in result else None,
+        "peak_mem": result["peak_mem_spread"] <= TARGETS["peak_mem_spread_max"],
+        "ratio_vs_datatrove": result.get("ratio_vs_datatrove", 0) >= TARGETS["ratio_vs_datatrove_min"],
+    }
+    return result
+
+
+if __name__ == "__main__":
+    main()
