@@ -9,7 +9,8 @@ object store spilled, and the funnel, which must equal the planted counts.
 
 datatrove's MinHash pipeline (its four steps: signatures, buckets, clusters, filter; local executor on the same
 cores, the same 5-gram shingles and 9 bands x 13 rows) runs on the same input at --datatrove-size. It does
-only near-dedup; llmctl's figure is the whole stage, so the ratio understates llmctl's dedup speed.
+only near-dedup, so `ratio_vs_datatrove` compares it with llmctl's stage set to near-dedup only (no filters, exact
+dedup or PII) on the same input; the whole stage's ratio is reported beside it.
 
     python -m bench.curate [--sizes 10000 100000 1000000] [--datatrove-size 100000] [--workdir /tmp/llmctl-curate]
 
@@ -27,8 +28,9 @@ import threading
 import time
 
 from cluster import local
-from pipelines import plan, storage
+from pipelines import plan
 from pipelines.load import validate
+from pipelines.spec.curation import QualityConfig
 
 TARGETS = {"growth_max": 11.0, "peak_mem_spread_max": 1.5, "ratio_vs_datatrove_min": 1.5}
 
@@ -86,11 +88,15 @@ def spilled_bytes(head: local.LocalHead) -> int:
     return int(found[1]) * 2**20 if found else 0
 
 
-def run_stage(path: str, out: str) -> tuple[float, dict]:
+# near-dedup only, the work datatrove's MinHash pipeline does: no quality filters, no exact dedup, no PII
+DEDUP_ONLY = {"quality": dict.fromkeys(QualityConfig.model_fields), "exact_dedup": False, "pii": None}
+
+
+def run_stage(path: str, out: str, **config) -> tuple[float, dict]:
     from jobs import driver
 
-    spec = validate({"name": "curate-bench", "storage": out,
-                     "stages": {"curate": {"kind": "data", "inputs": [f"{path}/*.parquet"]}}})  # fmt: skip
+    stage = {"kind": "data", "inputs": [f"{path}/*.parquet"], **config}
+    spec = validate({"name": "curate-bench", "storage": out, "stages": {"curate": stage}})
     p = plan.build(spec)
     started = time.perf_counter()
     output, _ = driver.run_stage(p, spec, p.stages[0], {})
@@ -121,14 +127,19 @@ def measure_size(head: local.LocalHead, workdir: str, n_docs: int) -> dict:
 def run_datatrove(path: str, workdir: str, cores: int) -> float:
     """Seconds for datatrove's four MinHash steps on the Parquet shards at `path`."""
     from datatrove.executor import LocalPipelineExecutor
-    from datatrove.pipeline.dedup import MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter
-    from datatrove.pipeline.dedup import MinhashDedupSignature
+    from datatrove.pipeline.dedup import (
+        MinhashConfig,
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupFilter,
+        MinhashDedupSignature,
+    )
     from datatrove.pipeline.readers import ParquetReader
 
     out = os.path.join(workdir, "datatrove")
     shutil.rmtree(out, ignore_errors=True)
     config = MinhashConfig(n_grams=5, num_buckets=9, hashes_per_bucket=13)
-    reader = ParquetReader(path, text_key="text", id_key="id")
+    reader = ParquetReader(path, glob_pattern="*.parquet", text_key="text", id_key="id")
     steps = [
         [reader, MinhashDedupSignature(output_folder=f"{out}/sigs", config=config)],
         [MinhashDedupBuckets(input_folder=f"{out}/sigs", output_folder=f"{out}/buckets", config=config)],
@@ -158,14 +169,19 @@ def main(argv: list[str] | None = None) -> dict:
 
         ray.init(address=head.gcs_address, log_to_driver=False)
         sizes = {str(n): measure_size(head, args.workdir, n) for n in args.sizes}
+        dedup_only = None
+        if args.datatrove_size:
+            path, _ = corpus(args.workdir, args.datatrove_size)
+            dedup_only, _ = run_stage(path, os.path.join(args.workdir, "runs-dedup-only"), **DEDUP_ONLY)
+        ray.shutdown()
     finally:
         local.stop(head)
-    result = summarize(sizes, args)
+    result = summarize(sizes, dedup_only, args)
     print(json.dumps(result))
     return result
 
 
-def summarize(sizes: dict, args: argparse.Namespace) -> dict:
+def summarize(sizes: dict, dedup_only: float | None, args: argparse.Namespace) -> dict:
     result: dict = {"bench": "curate", "cores": os.cpu_count(), "sizes": sizes,
                     "docs_per_s_per_core": {n: s["docs_per_s_per_core"] for n, s in sizes.items()},
                     "peak_worker_mem_mb": {n: s["peak_worker_mem_mb"] for n, s in sizes.items()}}  # fmt: skip
@@ -177,9 +193,11 @@ def summarize(sizes: dict, args: argparse.Namespace) -> dict:
         path, _ = corpus(args.workdir, args.datatrove_size)
         theirs = run_datatrove(path, args.workdir, os.cpu_count() or 1)
         result["datatrove_seconds"] = round(theirs, 1)
-        ours = sizes.get(str(args.datatrove_size), {}).get("seconds")
-        if ours:
-            result["ratio_vs_datatrove"] = round(theirs / ours, 2)
+        result["llmctl_dedup_only_seconds"] = round(dedup_only, 1)
+        result["ratio_vs_datatrove"] = round(theirs / dedup_only, 2)  # the same work: near-dedup of the input
+        whole = sizes.get(str(args.datatrove_size), {}).get("seconds")
+        if whole:
+            result["ratio_vs_datatrove_whole_stage"] = round(theirs / whole, 2)
     result["targets"] = TARGETS
     result["targets_met"] = {
         "funnel": all(s["funnel_matches_planted"] for s in sizes.values()),

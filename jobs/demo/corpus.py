@@ -16,7 +16,7 @@ import random
 from collections import Counter
 from typing import Any
 
-from jobs.data.text import jaccard, shingles
+from jobs.data.text import jaccard, normalize, shingles
 from jobs.demo import pii_samples as pii
 from jobs.demo.vocab import ADJECTIVES, NOUNS, SLOTS, TEMPLATES
 
@@ -38,13 +38,24 @@ def sentence(rng: random.Random) -> str:
 
 
 def document(rng: random.Random, n_sentences: int) -> str:
-    """Paragraphs (one line each, blank line between) of 2-5 template sentences."""
-    paragraphs, left = [], n_sentences
-    while left > 0:
-        k = min(left, rng.randint(2, 5))
-        paragraphs.append(" ".join(sentence(rng) for _ in range(k)))
-        left -= k
-    return "\n\n".join(paragraphs)
+    """Paragraphs (one line each, blank line between) of 2-5 template sentences, drawn again while some word 5-gram
+    repeats: templates share phrases, and a page that repeats itself is what Gopher's repetition rules drop, so a
+    document planted as clean must not (at a million documents, some draws would)."""
+    while True:
+        paragraphs, left = [], n_sentences
+        while left > 0:
+            k = min(left, rng.randint(2, 5))
+            paragraphs.append(" ".join(sentence(rng) for _ in range(k)))
+            left -= k
+        text = "\n\n".join(paragraphs)
+        if not _repeats_a_5gram(text):
+            return text
+
+
+def _repeats_a_5gram(text: str) -> bool:
+    words = normalize(text).split()
+    grams = list(zip(words, words[1:], words[2:], words[3:], words[4:], strict=False))
+    return len(set(grams)) < len(grams)
 
 
 def normal_doc(rng: random.Random) -> str:
