@@ -30,9 +30,12 @@ def normalized_bytes(text: str) -> bytes:
     text = text or ""
     if text.isascii():  # NFKC leaves ASCII unchanged; one translate lowercases and drops punctuation
         return text.encode("ascii").translate(_ASCII_LOWER, _ASCII_PUNCT)
-    text = _NON_ASCII_RUN.sub(_clean_run, unicodedata.normalize("NFKC", text).lower())
-    # ASCII punctuation goes at C speed on the UTF-8 bytes: an ASCII byte is never part of a multi-byte character
-    return text.encode("utf-8").translate(None, _ASCII_PUNCT)
+    text = unicodedata.normalize("NFKC", text)
+    if "Σ" in text:  # the one context-dependent lowercase mapping (final sigma): the whole text's lower() decides
+        text = text.lower()
+    # Non-ASCII runs are lowercased and cleaned (cached per distinct run); ASCII letters are lowercased and ASCII
+    # punctuation dropped by one translate of the UTF-8 bytes (an ASCII byte is never part of a multi-byte character).
+    return _NON_ASCII_RUN.sub(_clean_run, text).encode("utf-8").translate(_ASCII_LOWER, _ASCII_PUNCT)
 
 
 def _clean_run(match: re.Match) -> str:
@@ -42,7 +45,8 @@ def _clean_run(match: re.Match) -> str:
 
 @lru_cache(maxsize=65536)
 def _clean_chars(run: str) -> str:
-    return "".join(" " if kind == "space" else ch for ch in run if (kind := _unicode_kind(ch)) != "punct")
+    """The run lowercased, its punctuation and symbols dropped, its whitespace as spaces."""
+    return "".join(" " if kind == "space" else ch for ch in run.lower() if (kind := _unicode_kind(ch)) != "punct")
 
 
 _ASCII_LOWER = bytes(range(256)).lower()
