@@ -63,19 +63,20 @@ def _served_key(name: str) -> bytes:
     return f"serve/{name}/served".encode()
 
 
-def mark_served(record: AppRecord) -> None:
-    """Remember that the app now serves exactly `record`: stored once a deploy or rescale has finished, never while
-    one is under way, so an interrupted rollout is deployed again."""
+def mark_served(record: AppRecord, endpoint: str) -> None:
+    """Remember that the app now serves exactly `record` at `endpoint`: stored once a deploy or rescale has finished,
+    never while one is under way, so an interrupted rollout is deployed again."""
     from ray.experimental import internal_kv
 
-    internal_kv._internal_kv_put(_served_key(record.name), fingerprint(record), overwrite=True, namespace=KV_NAMESPACE)
+    served = json.dumps({"fingerprint": fingerprint(record), "endpoint": endpoint})
+    internal_kv._internal_kv_put(_served_key(record.name), served, overwrite=True, namespace=KV_NAMESPACE)
 
 
-def _served_fingerprint(name: str) -> str | None:
+def _served(name: str) -> dict[str, str]:
     from ray.experimental import internal_kv
 
     raw = internal_kv._internal_kv_get(_served_key(name), namespace=KV_NAMESPACE)
-    return raw.decode() if raw is not None else None
+    return json.loads(raw) if raw is not None else {}
 
 
 def _app_names() -> list[str]:
@@ -174,28 +175,38 @@ def deploy(record: AppRecord, log: Log = print, stage: str = "serve") -> dict[st
     wait_running(record.name, record.stage.deploy_timeout_s, log)
     endpoint = endpoint_url(host, port, http.route_prefix)
     wait_http(endpoint.removesuffix("/v1") + "/health", timeout_s=120.0)
-    mark_served(record)
     summary = status(record.name)
+    mark_served(record, summary["endpoint"])
     summary["deploy_s"], summary["unchanged"] = round(time.monotonic() - started, 1), False
     return summary
 
 
 def confirm_unchanged(record: AppRecord) -> dict[str, Any] | None:
-    """The app's status when it already serves exactly `record` (same spec, model files, keys, runtime_env and
-    serving code), every deployment is healthy and its /health answers; None when it must be deployed.
+    """The app's summary when it already serves exactly `record` (same spec, model files, keys, runtime_env and
+    serving code: the fingerprint its last finished deploy stored), has live replicas and answers /health with its
+    name; None when it must be deployed.
 
-    What a resubmit with every stage cached costs: no vLLM or Serve LLM import, no rebuilt config."""
-    if _served_fingerprint(record.name) != fingerprint(record):
+    What a resubmit with every stage cached costs: no Serve, Serve LLM or vLLM import (Serve's alone takes seconds
+    to import and to tear down when the job ends), no rebuilt config."""
+    served = _served(record.name)
+    if served.get("fingerprint") != fingerprint(record):
         return None
-    try:
-        summary = status(record.name)
-    except ClusterError:  # deleted behind llmctl's back
+    replicas = live_replicas(record.name)
+    if not replicas or record.name not in served_models(served["endpoint"].removesuffix("/v1")):
         return None
-    healthy = all(d["status"] == "HEALTHY" for d in summary["deployments"].values())
-    if summary["status"] != "RUNNING" or not healthy:
-        return None
-    answers = record.name in served_models(summary["endpoint"].removesuffix("/v1"))
-    return {**summary, "deploy_s": 0.0, "unchanged": True} if answers else None
+    return {"name": record.name, "status": "RUNNING", "endpoint": served["endpoint"], "replicas": replicas,
+            "deploy_s": 0.0, "unchanged": True}  # fmt: skip
+
+
+def live_replicas(name: str) -> int:
+    """The app's model replicas alive in Ray's actor table (Serve names their actor class after app and deployment)."""
+    import ray
+    from ray.util.state import list_actors
+
+    replica_class = f"ServeReplica:{name}:{SERVER_PREFIX}{name}"
+    filters = [("class_name", "=", replica_class), ("state", "=", "ALIVE")]
+    # This driver's cluster, named: on a machine with several clusters Ray's own lookup would not pick one.
+    return len(list_actors(address=ray.get_runtime_context().gcs_address, filters=filters, limit=10_000))
 
 
 def _deployment_problems(app: Any) -> str:
@@ -386,8 +397,9 @@ def scale(name: str, address: str | None = None, timeout_s: float = 600.0, **cha
     serve.run_many([target], wait_for_applications_running=False)
     save_record(record)
     wait_running(name, timeout_s, log=lambda _: None)
-    mark_served(record)
-    return status(name)
+    summary = status(name)
+    mark_served(record, summary["endpoint"])
+    return summary
 
 
 def down(name: str, address: str | None = None, timeout_s: float = 600.0) -> dict[str, Any]:
