@@ -81,16 +81,17 @@ def split_resubmit(cmd: list[str], cwd: str) -> tuple[float, float]:
     return summary_at - start, end - summary_at
 
 
-def serve_stage_seconds(work: str) -> float:
-    """The serve stage's own seconds in its _SUCCESS marker (the latest run's)."""
+def serve_stage(work: str) -> tuple[float, bool]:
+    """The serve stage's seconds in its _SUCCESS marker (the latest run's), and whether it left the app as it was."""
     from pipelines import storage
 
     (marker,) = storage.list_files(os.path.join(work, "runs", "tiny", "serve"), "_SUCCESS")
     with open(marker) as f:
-        return json.load(f)["seconds"]
+        written = json.load(f)
+    return written["seconds"], bool(written["metrics"].get("unchanged"))
 
 
-def tiny_figures(head: local.LocalHead, repeats: int) -> dict[str, float]:
+def tiny_figures(head: local.LocalHead, repeats: int) -> dict[str, float | bool]:
     """tiny.yaml run once from raw text, then resubmitted unchanged `repeats` times (medians)."""
     from jobs.demo.chat import write_demo_chat
     from jobs.demo.corpus import write_demo_corpus
@@ -101,16 +102,17 @@ def tiny_figures(head: local.LocalHead, repeats: int) -> dict[str, float]:
         cmd = [*LLMCTL, "submit", TINY, "--address", head.dashboard_url, "--logs",
                "--set", f"serve.http.port={free_port()}"]  # never the port of a user's running app  # fmt: skip
         first = timed(cmd, 1, cwd=work)
-        splits, serve_s = [], []
+        splits, serve = [], []
         for _ in range(repeats):
             splits.append(split_resubmit(cmd, work))
-            serve_s.append(serve_stage_seconds(work))
+            serve.append(serve_stage(work))
     return {
         "tiny_first_submit_s": round(first, 1),
         "tiny_cached_resubmit_s": round(statistics.median(a + b for a, b in splits), 2),
         "tiny_to_summary_s": round(statistics.median(a for a, _ in splits), 2),
         "tiny_after_summary_s": round(statistics.median(b for _, b in splits), 2),
-        "tiny_serve_stage_s": round(statistics.median(serve_s), 2),
+        "tiny_serve_stage_s": round(statistics.median(s for s, _ in serve), 2),
+        "tiny_serve_app_left_as_it_was": all(unchanged for _, unchanged in serve),
     }
 
 
