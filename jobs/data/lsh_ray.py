@@ -1,24 +1,25 @@
-"""The Ray Data steps of MinHash-LSH near-dedup; `jobs.data.minhash.mark_near_duplicates` chains them.
+"""The Ray Data steps of MinHash-LSH near-dedup; `jobs.data.minhash.near_marks` chains them.
 
-signatures and band keys per batch -> groupby bucket: candidate pairs -> groupby pair: distinct ->
-(optional) two cogroups that bring both shingle sets of a pair together for the exact Jaccard ->
-connected components (jobs.data.components) -> cogroup of the rows with their component root.
-Every step is a map or a groupby; nothing is collected on the driver except counts and the histogram.
+band keys per document (in the stage's one map over the text) -> (bucket, id) rows hash-partitioned by bucket,
+each partition sorted and paired at once: candidate pairs -> (optional) two cogroups that bring both shingle sets
+of a pair together for the exact Jaccard -> connected components: in one task while the pairs fit one
+(IN_MEMORY_PAIRS; they are a few per duplicate), else Large/Small-Star rounds (jobs.data.components) -> marks
+(jobs.data.marks) that a map applies to the documents. Only ids and keys go through shuffles, never the text.
 """
 
 from __future__ import annotations
 
-import itertools
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from jobs.data.minhash import (
-    MAX_PAIR_BUCKET,
     band_keys,
+    bucket_pairs,
     has_shingles,
     set_jaccard,
     signatures_from_hashes,
+    unique_pairs,
 )
 from jobs.data.shingle_hash import shingle_hashes
 from pipelines.spec.curation import MinHashConfig
@@ -27,57 +28,113 @@ if TYPE_CHECKING:
     import pyarrow as pa
     import ray.data
 
-LABEL_COL = "_near_label"
+BANDS_COL = "_bands"
+PART_COL = "_part"
 OUT_COL = "near_dup_of"
+REASON = "duplicate:near"
 
 
 def _ids(batch: pa.Table, id_col: str) -> np.ndarray:
     return np.array([str(i) for i in batch[id_col].to_pylist()], dtype=object)
 
 
-def bucket_rows(batch: pa.Table, cfg: MinHashConfig, bands: int, rows: int, text_col: str, id_col: str) -> pa.Table:
-    """One row per (document, band): its bucket key and id. Documents without shingles get no rows."""
+def add_band_keys(batch: pa.Table, cfg: MinHashConfig, bands: int, rows: int, text_col: str = "text",
+                  live: np.ndarray | None = None) -> pa.Table:
+    """The batch with BANDS_COL: each document's LSH bucket keys, null where `live` is False or it has no
+    shingles (such a document is nobody's near-duplicate)."""
     import pyarrow as pa
 
-    hashes, offsets = shingle_hashes(batch[text_col].to_pylist(), cfg.ngram_size)
+    texts = batch[text_col].to_pylist()
+    live = np.array([t is not None for t in texts]) if live is None else live & np.array([t is not None for t in texts])
+    hashes, offsets = shingle_hashes([t for t, ok in zip(texts, live.tolist(), strict=True) if ok], cfg.ngram_size)
     sig = signatures_from_hashes(hashes, offsets, cfg.num_perm, cfg.seed)
-    live = has_shingles(sig)
-    keys = band_keys(sig[live], bands, rows)
-    nodes = np.repeat(_ids(batch, id_col)[live], bands)
-    return pa.table({"_bucket": pa.array(keys.ravel(), pa.uint64()), "_node": pa.array(nodes, pa.string())})
+    keyed = np.flatnonzero(live)[has_shingles(sig)]
+    keys = np.zeros((len(texts), bands), dtype=np.uint64)
+    keys[keyed] = band_keys(sig[has_shingles(sig)], bands, rows)
+    missing = np.ones(len(texts), dtype=bool)
+    missing[keyed] = False
+    values = pa.array(keys.ravel(), pa.uint64())
+    column = pa.FixedSizeListArray.from_arrays(values, bands, mask=pa.array(missing))
+    return batch.append_column(BANDS_COL, column)
 
 
-def bucket_pairs(group: pa.Table) -> pa.Table:
-    """All pairs (u < v) of a bucket, or a star around its smallest id when it holds over MAX_PAIR_BUCKET ids.
-    `collisions` carries C(g, 2) on the bucket's first row so the driver can sum it."""
+def bucket_rows(batch: pa.Table, id_col: str, exclude: list, parts: int) -> pa.Table:
+    """One row per (document, band) of the documents with band keys that no mark in `exclude` rejects:
+    its bucket key, id and shuffle partition."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from jobs.data import marks
+
+    batch = batch.filter(pc.is_valid(batch[BANDS_COL]))
+    ids = batch[id_col].cast(pa.string())
+    if exclude and batch.num_rows:
+        reason, _ = marks.lookup(exclude, ids)
+        batch, ids = batch.filter(pc.is_null(reason)), ids.filter(pc.is_null(reason))
+    keys = batch[BANDS_COL].combine_chunks()
+    bands = keys.type.list_size
+    buckets = keys.flatten().to_numpy()
+    nodes = ids.combine_chunks().take(np.repeat(np.arange(batch.num_rows), bands))
+    return pa.table({"_bucket": pa.array(buckets, pa.uint64()), "_node": nodes,
+                     PART_COL: pa.array((buckets % np.uint64(parts)).astype(np.int64))})  # fmt: skip
+
+
+def sorted_codes(ids: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """(the distinct ids in string order, each id's position among them): integers that sort like the ids."""
+    import pyarrow.compute as pc
+
+    distinct = pc.unique(ids)
+    distinct = distinct.take(pc.sort_indices(distinct))
+    return distinct, pc.index_in(ids, value_set=distinct).to_numpy()
+
+
+def pairs_in_partition(group: pa.Table) -> pa.Table:
+    """Candidate pairs (u < v) of one partition of bucket rows, all buckets at once (minhash.bucket_pairs);
+    `collisions` carries the partition's (bucket, pair) count on its first row so the driver can sum it."""
     import pyarrow as pa
 
-    nodes = sorted(set(group["_node"].to_pylist()))
-    g = len(nodes)
-    if g > MAX_PAIR_BUCKET:
-        pairs = [(nodes[0], n) for n in nodes[1:]]
-    else:
-        pairs = list(itertools.combinations(nodes, 2))
-    collisions = [g * (g - 1) // 2] + [0] * (len(pairs) - 1) if pairs else []
-    return pa.table({
-        "u": pa.array([p[0] for p in pairs], pa.string()),
-        "v": pa.array([p[1] for p in pairs], pa.string()),
-        "collisions": pa.array(collisions, pa.int64()),
-    })
+    nodes, codes = sorted_codes(group["_node"].combine_chunks())
+    u, v, collisions = bucket_pairs(group["_bucket"].to_numpy(), codes)
+    u, v = unique_pairs(u, v)
+    counts = np.zeros(len(u), dtype=np.int64)
+    counts[:1] = collisions
+    return pa.table({"u": nodes.take(u), "v": nodes.take(v), "collisions": counts})
 
 
-def candidate_pairs(ds: ray.data.Dataset, cfg: MinHashConfig, bands: int, rows: int, text_col: str, id_col: str,
-                    partitions: int) -> tuple[ray.data.Dataset, int]:
-    """Distinct candidate pairs (u, v) and the number of bucket collisions behind them."""
-    keyed = ds.map_batches(bucket_rows, batch_format="pyarrow", fn_kwargs={
-        "cfg": cfg, "bands": bands, "rows": rows, "text_col": text_col, "id_col": id_col})
-    pairs = keyed.groupby("_bucket", num_partitions=partitions).map_groups(bucket_pairs, batch_format="pyarrow")
-    pairs = pairs.materialize()
-    collisions = int(pairs.sum("collisions") or 0)
-    if collisions == 0:
-        return pairs.select_columns(["u", "v"]), 0
-    distinct = pairs.groupby(["u", "v"], num_partitions=partitions).count().select_columns(["u", "v"])
-    return distinct.materialize(), collisions
+def candidate_pairs(ds: ray.data.Dataset, id_col: str, exclude: list, parts: int) -> tuple[ray.data.Dataset, int]:
+    """Candidate pairs (u, v; a pair found in several partitions repeats) and the bucket collisions behind them."""
+    keyed = ds.map_batches(bucket_rows, batch_format="pyarrow",
+                           fn_kwargs={"id_col": id_col, "exclude": exclude, "parts": parts}).materialize()  # fmt: skip
+    if keyed.count() == 0:  # Ray's hash-shuffle reducer fails on an input without a single row
+        return keyed, 0
+    grouped = keyed.groupby(PART_COL, num_partitions=parts)
+    pairs = grouped.map_groups(pairs_in_partition, batch_format="pyarrow").materialize()
+    return pairs, int(pairs.sum("collisions") or 0) if pairs.count() else 0
+
+
+def distinct_pairs(pairs: ray.data.Dataset, parts: int) -> ray.data.Dataset:
+    return pairs.groupby(["u", "v"], num_partitions=parts).count().select_columns(["u", "v"]).materialize()
+
+
+def components_in_one_task(pair_refs: list) -> tuple[pa.Table, dict]:
+    """Near-duplicate marks and cluster stats from all candidate (or verified) pairs, in one process: the
+    pairs are a few per duplicate, far smaller than the corpus (minhash.components, vectorized)."""
+    import pyarrow as pa
+    import ray
+
+    from jobs.data import marks
+    from jobs.data.minhash import cluster_stats, label_components
+
+    found = pa.concat_tables(ray.get(pair_refs)).select(["u", "v"])
+    ends = pa.concat_arrays([found["u"].combine_chunks(), found["v"].combine_chunks()])
+    nodes, codes = sorted_codes(ends)
+    u, v = unique_pairs(codes[: found.num_rows], codes[found.num_rows :])
+    label, rounds = label_components(len(nodes), u, v)
+    clusters, sizes = cluster_stats(label)
+    dup = np.flatnonzero(label != np.arange(len(label)))
+    stats = {"pairs": len(u), "clusters": clusters, "cluster_sizes": sizes, "duplicates": len(dup),
+             "component_rounds": rounds}  # fmt: skip
+    return marks.table(nodes.take(dup), REASON, nodes.take(label[dup])), stats
 
 
 def shingle_rows(batch: pa.Table, ngram_size: int, text_col: str, id_col: str) -> pa.Table:
@@ -152,43 +209,12 @@ def verified_pairs(ds: ray.data.Dataset, pairs: ray.data.Dataset, cfg: MinHashCo
     return checked.materialize()
 
 
-def attach_labels(group: pa.Table, id_col: str) -> pa.Table:
-    """Cogroup of one id: the document row(s) and at most one label row -> rows with `near_dup_of`."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
+def star_marks(members: ray.data.Dataset) -> ray.data.Dataset:
+    """Marks from the star edges (u = root, v = member) of the distributed connected components."""
+    from jobs.data import marks
 
-    labels = group.filter(pc.is_valid(group[LABEL_COL]))[LABEL_COL].to_pylist()
-    rows = group.filter(pc.is_null(group[LABEL_COL])).drop_columns([LABEL_COL])
-    root = labels[0] if labels else None
-    return rows.append_column(OUT_COL, pa.array([root] * rows.num_rows, pa.string()))
-
-
-def mark_rows(ds: ray.data.Dataset, members: ray.data.Dataset | None, id_col: str,
-              partitions: int) -> ray.data.Dataset:
-    """`near_dup_of` = the component root for member rows, null for the rest: a cogroup on id."""
-    import pyarrow as pa
-
-    from jobs.data.dedup import with_null_column
-
-    if members is None:
-        return with_null_column(ds, OUT_COL)
-
-    # Both sides of the union get the same schema (the shuffle concatenates their blocks): the documents' columns
-    # plus the label; label rows are null except for the id and the label. `ds` is materialized, so its
-    # schema costs nothing.
-    schema = ds.schema().base_schema
-
-    def as_labels(t: pa.Table) -> pa.Table:
-        cols = {f.name: t["v"].cast(f.type) if f.name == id_col else pa.nulls(t.num_rows, f.type) for f in schema}
-        return pa.table({**cols, LABEL_COL: t["u"]}, schema=schema.append(pa.field(LABEL_COL, pa.string())))
-
-    def with_label(t: pa.Table) -> pa.Table:
-        return t.append_column(pa.field(LABEL_COL, pa.string()), pa.nulls(t.num_rows, pa.string()))
-
-    labels = members.map_batches(as_labels, batch_format="pyarrow")
-    rows = ds.map_batches(with_label, batch_format="pyarrow")
-    grouped = rows.union(labels).groupby(id_col, num_partitions=partitions)
-    return grouped.map_groups(attach_labels, batch_format="pyarrow", fn_kwargs={"id_col": id_col})
+    return members.map_batches(lambda t: marks.table(t["v"].combine_chunks(), REASON, t["u"].combine_chunks()),
+                               batch_format="pyarrow")  # fmt: skip
 
 
 def cluster_histogram(members: ray.data.Dataset) -> tuple[int, dict[int, int]]:

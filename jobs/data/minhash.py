@@ -152,18 +152,23 @@ def set_jaccard(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def components(n: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Connected components of an n-node graph: label[i] = smallest node of i's component.
+    """Connected components of an n-node graph: label[i] = smallest node of i's component."""
+    return label_components(n, u, v)[0]
 
-    Min-label propagation over the edges plus pointer jumping (label = label[label]), both vectorized;
-    pointer jumping makes the number of rounds logarithmic in the component diameter."""
+
+def label_components(n: int, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, int]:
+    """(label, rounds): min-label propagation over the edges plus pointer jumping (label = label[label]), both
+    vectorized; pointer jumping makes the number of rounds logarithmic in the component diameter."""
     label = np.arange(n)
+    rounds = 0
     while True:
+        rounds += 1
         new = label.copy()
         np.minimum.at(new, u, label[v])
         np.minimum.at(new, v, label[u])
         new = new[new]
         if np.array_equal(new, label):
-            return label
+            return label, rounds
         label = new
 
 
@@ -207,36 +212,70 @@ def near_duplicates(texts: list[str], ids: list[str], cfg: MinHashConfig) -> tup
     return dup_of, stats
 
 
+IN_MEMORY_PAIRS = 20_000_000  # up to this many candidate pairs (~1.5 GB), components run in one task
+
+
 def mark_near_duplicates(ds: ray.data.Dataset, cfg: MinHashConfig, text_col: str = "text", id_col: str = "id",
                          num_partitions: int | None = None) -> tuple[ray.data.Dataset, dict]:
     """Add a string column `near_dup_of` (null for survivors, else the smallest id of the document's
-    near-duplicate cluster) and return LSH stats: bands, rows, S-curve, bucket collisions, candidate pairs,
-    verified pairs (with verify_jaccard), clusters, cluster-size histogram, duplicates, component rounds.
-    Row order is not preserved."""
-    from jobs.data import lsh_ray
-    from jobs.data.components import connected_components
-    from jobs.data.dedup import shuffle_partitions
+    near-duplicate cluster) and return the stats of `near_marks`. Row order is kept."""
+    import pyarrow as pa
 
-    parts = shuffle_partitions(num_partitions)
+    from jobs.data import lsh_ray, marks
+
+    bands, rows = resolved_bands_rows(cfg)
+    keyed = ds.map_batches(lsh_ray.add_band_keys, batch_format="pyarrow", fn_kwargs={
+        "cfg": cfg, "bands": bands, "rows": rows, "text_col": text_col}).materialize()
+    found, stats = near_marks(keyed, cfg, id_col=id_col, num_partitions=num_partitions)
+    found = marks.build(found)
+
+    def apply(batch: pa.Table) -> pa.Table:
+        _, dup_of = marks.lookup([found], batch[id_col].cast(pa.string()))
+        return batch.drop_columns([lsh_ray.BANDS_COL]).append_column(lsh_ray.OUT_COL, dup_of)
+
+    return keyed.map_batches(apply, batch_format="pyarrow"), stats
+
+
+def near_marks(keyed: ray.data.Dataset, cfg: MinHashConfig, text_col: str = "text", id_col: str = "id",
+               exclude: list | None = None, num_partitions: int | None = None) -> tuple[ray.data.Dataset, dict]:
+    """Marks (jobs.data.marks.SCHEMA) of the near duplicates among the rows of `keyed` (materialized, with band
+    keys from lsh_ray.add_band_keys) that no mark in `exclude` rejects, and the LSH stats: bands, rows,
+    S-curve, bucket collisions, candidate pairs, verified pairs (with verify_jaccard), clusters, cluster-size
+    histogram, duplicates, component rounds."""
+    import ray
+    import ray.data
+
+    from jobs.data import lsh_ray, marks
+    from jobs.data.components import connected_components
+    from jobs.data.dedup import partitions_for
+
     stats = describe(cfg)
-    ds = ds.materialize()  # read three times below (buckets, Jaccard check, marking): compute upstream once
-    if ds.count() == 0:  # Ray's hash-shuffle reducer fails on an input without a single row
-        stats.update(bucket_collisions=0, candidate_pairs=0, component_rounds=0, clusters=0, cluster_sizes={},
-                     duplicates=0, **({"verified_pairs": 0} if cfg.verify_jaccard else {}))
-        return lsh_ray.mark_rows(ds, None, id_col, parts), stats
-    pairs, collisions = lsh_ray.candidate_pairs(ds, cfg, stats["bands"], stats["rows"], text_col, id_col, parts)
-    stats.update(bucket_collisions=collisions, candidate_pairs=pairs.count() if collisions else 0)
-    if cfg.verify_jaccard and collisions:
-        pairs = lsh_ray.verified_pairs(ds, pairs, cfg, text_col, id_col, parts)
+    parts = partitions_for(keyed.count() * stats["bands"], num_partitions)
+    empty = ray.data.from_arrow(marks.SCHEMA.empty_table())
+    pairs, collisions = lsh_ray.candidate_pairs(keyed, id_col, exclude or [], parts)
+    stats.update(bucket_collisions=collisions, candidate_pairs=0, component_rounds=0, clusters=0, cluster_sizes={},
+                 duplicates=0, **({"verified_pairs": 0} if cfg.verify_jaccard else {}))  # fmt: skip
+    if not collisions:
+        return empty, stats
+    if cfg.verify_jaccard:
+        pairs = lsh_ray.distinct_pairs(pairs, parts)
+        stats["candidate_pairs"] = pairs.count()
+        pairs = lsh_ray.verified_pairs(keyed, pairs, cfg, text_col, id_col, parts)
         stats["verified_pairs"] = pairs.count()
-    elif cfg.verify_jaccard:
-        stats["verified_pairs"] = 0
-    edges = stats.get("verified_pairs", stats["candidate_pairs"])
-    members, stats["component_rounds"] = connected_components(pairs, parts) if edges else (None, 0)
-    if members is not None:
-        members = members.materialize()
-        stats["clusters"], stats["cluster_sizes"] = lsh_ray.cluster_histogram(members)
-        stats["duplicates"] = members.count()
-    else:
-        stats.update(clusters=0, cluster_sizes={}, duplicates=0)
-    return lsh_ray.mark_rows(ds, members, id_col, parts), stats
+        if not stats["verified_pairs"]:
+            return empty, stats
+    if pairs.count() <= IN_MEMORY_PAIRS:
+        task = ray.remote(num_returns=2)(lsh_ray.components_in_one_task)
+        found, counted = task.remote(pairs.to_arrow_refs())  # the marks stay in the object store
+        counted = ray.get(counted)
+        distinct = counted.pop("pairs")
+        stats["candidate_pairs"] = stats["candidate_pairs"] or distinct
+        stats.update(counted)
+        return ray.data.from_arrow_refs([found]), stats
+    if not cfg.verify_jaccard:
+        stats["candidate_pairs"] = lsh_ray.distinct_pairs(pairs, parts).count()
+    members, stats["component_rounds"] = connected_components(pairs, parts)
+    members = members.materialize()
+    stats["clusters"], stats["cluster_sizes"] = lsh_ray.cluster_histogram(members)
+    stats["duplicates"] = members.count()
+    return lsh_ray.star_marks(members).materialize(), stats

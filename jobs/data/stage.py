@@ -18,6 +18,7 @@ from jobs.context import StageContext
 from jobs.data import readers
 from pipelines import storage
 from pipelines.errors import StageError
+from pipelines.lsh import resolved_bands_rows
 
 KEEP_COLUMNS = ["id", "source", "text"]
 REJECT_COLUMNS = ["id", "source", "text", "reason", "dup_of"]
@@ -27,10 +28,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
     spec = ctx.spec
     use_shuffle(spec.shuffle)
     ds = read_inputs(ctx)
-    ds = ds.map_batches(normalize, batch_format="pyarrow")
-    ds = apply_quality_filters(ds, spec).materialize()  # dedup starts from these blocks; no extra pass
+    ds = ds.map_batches(prepare, batch_format="pyarrow", fn_kwargs={"spec": spec}).materialize()
     ctx.progress(phase="dedup", rows_read=ds.count())
-    kept, rejected, dedup_stats = deduplicate(ds, spec)
+    marked, dedup_stats = deduplicate(ds, spec)
+    kept = where_reason(marked, is_null=True).select_columns(KEEP_COLUMNS)
+    rejected = _as_rejected(where_reason(marked, is_null=False))
     kept, pii_found = redact_pii(kept, spec)
     rows = write_outputs(ctx, kept, rejected)
     stats = build_stats(rows, pii_found, dedup_stats, spec)
@@ -82,6 +84,21 @@ def _all_stage_outputs(ctx: StageContext, uris: list[str]) -> bool:
     return bool(roots) and all(any(u.startswith(r) for r in roots) for u in uris)
 
 
+def prepare(batch: pa.Table, spec) -> pa.Table:
+    """The one pass over the text before dedup: normalize, quality filters (`reason`), and the dedup keys of
+    the documents still in (exact: a 128-bit hash; near: LSH band keys). Dedup then works on those alone."""
+    from jobs.data import dedup, lsh_ray
+
+    batch = check_quality(normalize(batch), spec)
+    live = pc.is_null(batch.column("reason")).to_numpy(zero_copy_only=False)
+    if spec.exact_dedup:
+        batch = dedup.add_keys(batch, "text", live)
+    if spec.minhash is not None:
+        bands, rows = resolved_bands_rows(spec.minhash)
+        batch = lsh_ray.add_band_keys(batch, spec.minhash, bands, rows, "text", live)
+    return batch
+
+
 def normalize(batch: pa.Table) -> pa.Table:
     """Unicode NFC and Unix newlines, so equal-looking documents are equal bytes."""
     texts = [None if t is None else unicodedata.normalize("NFC", t.replace("\r\n", "\n")) for t in
@@ -89,22 +106,19 @@ def normalize(batch: pa.Table) -> pa.Table:
     return batch.set_column(batch.schema.get_field_index("text"), "text", pa.array(texts, pa.string()))
 
 
-def apply_quality_filters(ds, spec):
+def check_quality(batch: pa.Table, spec) -> pa.Table:
+    """`reason` = "filter:<name>" of the first quality filter a document fails (documents still in only)."""
     from jobs.data import filters
 
     chain = filters.build_filters(spec.quality)
     if not chain:
-        return ds
-
-    def check(batch: pa.Table) -> pa.Table:
-        reasons = batch.column("reason").to_pylist()
-        for i, text in enumerate(batch.column("text").to_pylist()):
-            if reasons[i] is None:
-                failed = filters.first_failure(chain, text)
-                reasons[i] = f"filter:{failed}" if failed else None
-        return batch.set_column(batch.schema.get_field_index("reason"), "reason", pa.array(reasons, pa.string()))
-
-    return ds.map_batches(check, batch_format="pyarrow")
+        return batch
+    reasons = batch.column("reason").to_pylist()
+    for i, text in enumerate(batch.column("text").to_pylist()):
+        if reasons[i] is None:
+            failed = filters.first_failure(chain, text)
+            reasons[i] = f"filter:{failed}" if failed else None
+    return batch.set_column(batch.schema.get_field_index("reason"), "reason", pa.array(reasons, pa.string()))
 
 
 def where_reason(ds, is_null: bool):
@@ -115,51 +129,36 @@ def where_reason(ds, is_null: bool):
     return ds.map_batches(keep, batch_format="pyarrow")
 
 
-def _as_rejected(ds, reason: str | None, dup_col: str | None):
-    """Project rows onto REJECT_COLUMNS, setting `reason` (if given) and `dup_of` from a dedup column."""
-
-    def project(batch: pa.Table) -> pa.Table:
-        n = batch.num_rows
-        reasons = pa.array([reason] * n, pa.string()) if reason else batch.column("reason")
-        dup = batch.column(dup_col) if dup_col else pa.nulls(n, pa.string())
-        cols = [batch.column("id"), batch.column("source"), batch.column("text"), reasons, dup.cast(pa.string())]
-        return pa.Table.from_arrays(cols, names=REJECT_COLUMNS)
-
-    return ds.map_batches(project, batch_format="pyarrow")
-
-
-def _split_on(ds, column: str):
-    """(rows where column is null, rows where it is set) of a materialized dataset."""
-
-    def select(keep_null: bool):
-        def fn(batch: pa.Table) -> pa.Table:
-            mask = pc.is_null(batch.column(column))
-            return batch.filter(mask if keep_null else pc.invert(mask))
-
-        return fn
-
-    return ds.map_batches(select(True), batch_format="pyarrow"), ds.map_batches(select(False), batch_format="pyarrow")
+def _as_rejected(ds):
+    """Project rows onto REJECT_COLUMNS."""
+    return ds.select_columns(REJECT_COLUMNS)
 
 
 def deduplicate(ds, spec):
-    """(kept, rejected, stats): quarantined/filtered rows pass straight to `rejected`; the rest are deduplicated."""
-    from jobs.data import dedup, minhash
+    """(rows with `reason` and `dup_of` set for the duplicates, dedup stats) of the prepared rows `ds`.
 
-    ds = ds.materialize()
-    rejected = [_as_rejected(where_reason(ds, is_null=False), None, None)]
-    kept = where_reason(ds, is_null=True)
+    Exact dedup first; near dedup then sees only the exact survivors. Each step turns keys into marks
+    (jobs.data.marks), and one map applies them, so the text is never shuffled."""
+    from jobs.data import dedup, marks, minhash
+    from jobs.data.lsh_ray import BANDS_COL
+
+    found: list[marks.Marks] = []
     stats: dict[str, Any] = {}
     if spec.exact_dedup:
-        marked = dedup.mark_exact_duplicates(kept, text_col="text", id_col="id").materialize()
-        kept, dups = _split_on(marked, "exact_dup_of")
-        rejected.append(_as_rejected(dups, "duplicate:exact", "exact_dup_of"))
+        found.append(marks.build(dedup.exact_marks(ds, "id")))
     if spec.minhash is not None:
-        marked, stats["near"] = minhash.mark_near_duplicates(kept, spec.minhash, text_col="text", id_col="id")
-        marked = marked.materialize()
-        kept, dups = _split_on(marked, "near_dup_of")
-        rejected.append(_as_rejected(dups, "duplicate:near", "near_dup_of"))
-    kept = kept.select_columns(KEEP_COLUMNS)
-    return kept, rejected[0].union(*rejected[1:]) if len(rejected) > 1 else rejected[0], stats
+        near, stats["near"] = minhash.near_marks(ds, spec.minhash, exclude=list(found))
+        found.append(marks.build(near))
+    helper = [c for c in (dedup.HI_COL, dedup.LO_COL, BANDS_COL) if c in ds.schema().names]
+
+    def apply(batch: pa.Table) -> pa.Table:
+        reason, dup_of = marks.lookup(found, batch.column("id"))
+        batch = batch.drop_columns(helper)
+        reason = pc.coalesce(batch.column("reason"), reason)
+        batch = batch.set_column(batch.schema.get_field_index("reason"), "reason", reason)
+        return batch.append_column("dup_of", dup_of)
+
+    return ds.map_batches(apply, batch_format="pyarrow"), stats
 
 
 PII_EXAMPLES = 5  # redacted examples per PII type in stats.json and the reports
@@ -219,7 +218,8 @@ def write_outputs(ctx: StageContext, kept, rejected) -> dict[str, Any]:
     for row in tallies.take_all():
         by_reason[row["reason"]] = by_reason.get(row["reason"], 0) + row["n"]
     out = kept.count()
-    kept.repartition(max(1, -(-out // spec.shard_rows))).write_parquet(ctx.path("data"))
+    # blocks are combined up to shard_rows per file, not shuffled into place
+    kept.write_parquet(ctx.path("data"), min_rows_per_file=spec.shard_rows, max_rows_per_file=spec.shard_rows)
     if by_reason:
         sample = rejected if spec.rejected_sample is None else _sample_per_reason(rejected, spec.rejected_sample)
         sample.write_parquet(ctx.path("rejected"))
