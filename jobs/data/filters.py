@@ -268,6 +268,105 @@ class NgramRepetition:
         return float(self.lengths[np.cumsum(edges[:-1]) > 0].sum()) / self.total
 
 
+class BatchNgrams:
+    """`NgramRepetition` for a whole batch of documents at once: one np.unique per n over every document's
+    positions instead of one per document and n (short documents spent most of their filter time in numpy's
+    per-call overhead). Ranks are made per document by ranking (document, word) pairs first, so an n-gram
+    repeated across two documents is no repetition. `view(i)` answers for document i, equal to
+    NgramRepetition(words of document i)."""
+
+    def __init__(self, word_lists: list[list[str]]):
+        index: dict[str, int] = {}
+        sizes = np.fromiter(map(len, word_lists), np.int64, len(word_lists))
+        flat = [w for words in word_lists for w in words]
+        self.starts = np.concatenate(([0], np.cumsum(sizes)))
+        self.doc = np.repeat(np.arange(len(word_lists)), sizes)
+        self.end = self.starts[1:][self.doc]  # where each position's document ends
+        ids = np.fromiter((index.setdefault(w, len(index)) for w in flat), np.int64, len(flat))
+        self.ids = ids
+        self.lengths = np.fromiter(map(len, flat), np.int64, len(flat))
+        self.prefix = np.concatenate(([0], np.cumsum(self.lengths)))
+        self.total = np.maximum(1, self.prefix[self.starts[1:]] - self.prefix[self.starts[:-1]])
+        self._ranks = {1: np.unique(self.doc * (len(index) + 1) + ids, return_inverse=True)[1].astype(np.int64)}
+        self._top: dict[int, np.ndarray] = {}
+        self._dup: dict[int, np.ndarray] = {}
+
+    def ranks(self, n: int) -> np.ndarray:
+        """Rank of the n-gram starting at each position of the concatenated documents (one that runs into the next
+        document gets a rank too, but `_valid` leaves it out)."""
+        if n not in self._ranks:
+            shorter = self.ranks(n - 1)[:-1]
+            key = shorter * (len(self.ids) + 1) + self.ids[n - 1 :]
+            self._ranks[n] = np.unique(key, return_inverse=True)[1].astype(np.int64)
+        return self._ranks[n]
+
+    def _valid(self, n: int) -> np.ndarray:
+        return np.flatnonzero(np.arange(len(self.ids)) + n <= self.end)
+
+    def top(self, n: int) -> np.ndarray:
+        if n not in self._top:
+            out = np.zeros(len(self.total))
+            pos = self._valid(n)
+            if len(pos):
+                rank = self.ranks(n)[pos]
+                count = np.bincount(rank)[rank]
+                doc = self.doc[pos]
+                best = np.zeros(len(self.total), dtype=np.int64)
+                np.maximum.at(best, doc, count)
+                hit = count == best[doc]
+                docs, first = np.unique(doc[hit], return_index=True)  # earliest most frequent n-gram per document
+                at = pos[hit][first]
+                chars = (self.prefix[at + n] - self.prefix[at]) * best[docs]
+                out[docs] = np.where(best[docs] >= 2, chars / self.total[docs], 0.0)
+            self._top[n] = out
+        return self._top[n]
+
+    def dup(self, n: int) -> np.ndarray:
+        if n not in self._dup:
+            out = np.zeros(len(self.total))
+            pos = self._valid(n)
+            if len(pos):
+                rank = self.ranks(n)[pos]
+                starts = pos[np.bincount(rank)[rank] > 1]
+                edges = np.zeros(len(self.ids) + 1, dtype=np.int64)
+                np.add.at(edges, starts, 1)
+                np.add.at(edges, starts + n, -1)
+                covered = np.cumsum(edges[:-1]) > 0
+                chars = np.bincount(self.doc[covered], weights=self.lengths[covered], minlength=len(self.total))
+                out = chars / self.total
+            self._dup[n] = out
+        return self._dup[n]
+
+    def view(self, i: int) -> _NgramView:
+        return _NgramView(self, i)
+
+
+class _NgramView:
+    """Document i of a BatchNgrams, with NgramRepetition's two questions."""
+
+    def __init__(self, batch: BatchNgrams, i: int):
+        self.batch, self.i = batch, i
+
+    def top_fraction(self, n: int) -> float:
+        return float(self.batch.top(n)[self.i])
+
+    def dup_fraction(self, n: int) -> float:
+        return float(self.batch.dup(n)[self.i])
+
+
+def first_failures(filters: list[Filter], texts: list[str | None]) -> list[str | None]:
+    """`first_failure` of each text, the n-gram statistics of the batch computed together (BatchNgrams)."""
+    docs = [Doc(t) for t in texts]
+    if any(isinstance(f, GopherRepetitionFilter) for f in filters):
+        batch = BatchNgrams([d.norm_words for d in docs])
+        for i, d in enumerate(docs):
+            d.ngrams = batch.view(i)
+    out = []
+    for doc in docs:
+        out.append(next((r for r in (f.check_doc(doc) for f in filters) if r is not None), None))
+    return out
+
+
 def top_ngram_char_fraction(words: list[str], n: int) -> float:
     """Characters covered by the most frequent word n-gram (all its occurrences) over characters in words."""
     return NgramRepetition(words).top_fraction(n)

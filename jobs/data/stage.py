@@ -114,10 +114,10 @@ def check_quality(batch: pa.Table, spec) -> pa.Table:
     if not chain:
         return batch
     reasons = batch.column("reason").to_pylist()
-    for i, text in enumerate(batch.column("text").to_pylist()):
-        if reasons[i] is None:
-            failed = filters.first_failure(chain, text)
-            reasons[i] = f"filter:{failed}" if failed else None
+    live = [i for i, r in enumerate(reasons) if r is None]
+    texts = batch.column("text").to_pylist()
+    for i, failed in zip(live, filters.first_failures(chain, [texts[i] for i in live]), strict=True):
+        reasons[i] = f"filter:{failed}" if failed else None
     return batch.set_column(batch.schema.get_field_index("reason"), "reason", pa.array(reasons, pa.string()))
 
 

@@ -159,3 +159,31 @@ def test_minhash_config_validators_say_rule_values_and_fix():
     assert MinHashConfig(bands=16, rows=8).bands == 16
     with pytest.raises(ValidationError, match="extra"):
         MinHashConfig(threshhold=0.5)
+
+
+def test_batch_ngram_statistics_equal_each_documents_own():
+    """BatchNgrams answers every document's n-gram questions at once; the answers are NgramRepetition's, and an
+    n-gram repeated across two documents is no repetition in either."""
+    import random
+
+    from jobs.data.filters import BatchNgrams, NgramRepetition
+
+    rng = random.Random(0)
+    vocab = [f"w{i}" for i in range(30)]
+    lists = [[rng.choice(vocab[: rng.randint(1, 30)]) for _ in range(rng.randint(0, 60))] for _ in range(300)]
+    lists += [["a", "b", "c", "d", "e"], ["a", "b", "c", "d", "e"]]
+    batch = BatchNgrams(lists)
+    for i, words in enumerate(lists):
+        own = NgramRepetition(words)
+        for n in range(2, 11):
+            assert batch.view(i).top_fraction(n) == pytest.approx(own.top_fraction(n), abs=1e-12)
+            assert batch.view(i).dup_fraction(n) == pytest.approx(own.dup_fraction(n), abs=1e-12)
+    assert batch.view(len(lists) - 1).dup_fraction(5) == 0.0
+
+
+def test_first_failures_of_a_batch_equal_one_by_one():
+    from jobs.data.filters import first_failures
+
+    filters = build_filters(QualityConfig())
+    texts = [GOOD, "", "Too short to be a page.", None, GOOD.replace(".", " word word word word word.")]
+    assert first_failures(filters, texts) == [first_failure(filters, t) for t in texts]
