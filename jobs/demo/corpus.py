@@ -88,6 +88,19 @@ def _variant(rng: random.Random, base: str, rate: float, kind: str, group: int) 
             "edit_rate": round(edits / words, 4), "jaccard": true_j}
 
 
+def _lsh_candidates(a: str, b: str) -> bool:
+    """Whether the default MinHash-LSH settings pair a and b. At J ~0.95 about 1 pair in 700 shares no band, so
+    a planted near-duplicate is drawn again until it does: the planted count is then what the stage must find
+    at every corpus size (LSH recall on real text is bench/dedup.py's business, not the demo's)."""
+    from jobs.data.minhash import band_keys, signatures
+    from pipelines.lsh import resolved_bands_rows
+    from pipelines.spec.curation import MinHashConfig
+
+    cfg = MinHashConfig()
+    keys = band_keys(signatures([a, b], cfg), *resolved_bands_rows(cfg))
+    return bool((keys[0] == keys[1]).any())
+
+
 def _exact_copy(rng: random.Random, text: str) -> str:
     """Same normalized text, different bytes: case, spacing or a trailing mark changes."""
     style = rng.randrange(3)
@@ -201,8 +214,10 @@ def _duplicate_items(rng: random.Random, plan: dict[str, int]) -> list[dict[str,
     for g in range(plan["near_duplicates"]):
         base = document(rng, rng.randint(30, 40))  # long enough that one edit is a small rate
         rate = NEAR_DUP_EDIT_RATES[g % len(NEAR_DUP_EDIT_RATES)]
-        items += [{"kind": "near_original", "text": base, "group": g},
-                  _variant(rng, base, rate, "near_duplicate", g)]
+        variant = _variant(rng, base, rate, "near_duplicate", g)
+        while not _lsh_candidates(base, variant["text"]):
+            variant = _variant(rng, base, rate, "near_duplicate", g)
+        items += [{"kind": "near_original", "text": base, "group": g}, variant]
     for g in range(plan["near_misses"]):
         base = normal_doc(rng)
         rate = NEAR_MISS_EDIT_RATES[g % len(NEAR_MISS_EDIT_RATES)]

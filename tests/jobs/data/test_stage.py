@@ -94,3 +94,23 @@ def test_demo_corpus_funnel_matches_what_was_planted(ray_session, tmp_path):
     kept = pq.read_table(ctx.path("data")).column("text").to_pylist()
     assert any("<EMAIL>" in t for t in kept)
     assert not any(re.search(r"[\w.+-]+@[\w-]+\.[\w.]+", t) for t in kept), "emails are redacted in the output"
+
+
+def test_twenty_thousand_documents_funnel_exactly_in_bounded_worker_memory(ray_session, tmp_path):
+    """The stage at the largest size that fits the suite (bench/curate goes to a million): the funnel equals what
+    the generator planted, and no Ray worker's private memory grows past a bound far below the corpus's."""
+    from bench.curate import WorkerMemory
+    from jobs.demo.corpus import write_demo_corpus
+
+    manifest = write_demo_corpus(str(tmp_path / "corpus"), n_docs=20_000, seed=4, fmt="parquet")
+    expected = manifest["expected"]
+    ctx = make_ctx(tmp_path, [str(tmp_path / "corpus" / "*.parquet")])
+    with WorkerMemory(every_s=0.2) as memory:
+        rows = stage.run(ctx)["rows"]
+    assert (rows["in"], rows["out"]) == (expected["rows_in"], expected["kept"])
+    assert (rows["duplicates_exact"], rows["duplicates_near"]) == (expected["exact_duplicates"],
+                                                                   expected["near_duplicates"])  # fmt: skip
+    assert rows["quarantined"] + rows["filtered"] == expected["rejected"] + expected["filtered"]
+    written = sum(pq.read_table(f).num_rows for f in storage.list_files(ctx.path("data"), ".parquet"))
+    assert written == rows["out"]
+    assert 0 < memory.peak_mb < 1024, f"a worker's private memory reached {memory.peak_mb} MB"
