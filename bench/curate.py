@@ -68,10 +68,15 @@ class WorkerMemory:
 
 
 def corpus(workdir: str, n_docs: int) -> tuple[str, dict]:
-    """Parquet shards of the demo corpus (written once per size and kept in workdir) and their manifest."""
+    """Parquet shards of the demo corpus (written once per size and generator version, kept in workdir) and
+    their manifest."""
     from jobs.demo.corpus import write_demo_corpus
+    from pipelines.code import PROJECT
 
-    path = os.path.join(workdir, f"corpus-{n_docs}")
+    # what decides the documents: the generator, and the hashing its near-duplicate check uses
+    drawn_by = [f for f in PROJECT.closure("jobs.demo.corpus") if f.startswith("jobs/demo/")
+                or f in ("jobs/data/text.py", "jobs/data/shingle_hash.py", "jobs/data/minhash.py")]  # fmt: skip
+    path = os.path.join(workdir, f"corpus-{n_docs}-{PROJECT.digest(tuple(drawn_by))}")
     manifest = os.path.join(path, "manifest.json")
     if not os.path.exists(manifest):
         shutil.rmtree(path, ignore_errors=True)
