@@ -39,7 +39,7 @@ class WorkerMemory:
     """Samples every Ray worker's private memory (RSS - shared) while it runs; `peak_mb` is the largest seen."""
 
     def __init__(self, every_s: float = 0.5):
-        self.every_s, self.peak, self._stop = every_s, 0, threading.Event()
+        self.every_s, self.peak, self.peak_task, self._stop = every_s, 0, "", threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def __enter__(self) -> WorkerMemory:
@@ -56,9 +56,11 @@ class WorkerMemory:
         while not self._stop.wait(self.every_s):
             for proc in psutil.process_iter(["cmdline"]):
                 try:
-                    if (proc.info["cmdline"] or [""])[0].startswith("ray::"):
+                    name = (proc.info["cmdline"] or [""])[0]
+                    if name.startswith("ray::"):
                         mem = proc.memory_info()
-                        self.peak = max(self.peak, mem.rss - mem.shared)
+                        if mem.rss - mem.shared > self.peak:
+                            self.peak, self.peak_task = mem.rss - mem.shared, name  # what the worker ran then
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
 
@@ -124,13 +126,14 @@ def measure_size(head: local.LocalHead, workdir: str, n_docs: int) -> dict:
         seconds, rows = run_stage(path, out)
     cores = os.cpu_count() or 1
     return {"docs": n_docs, "seconds": round(seconds, 1), "docs_per_s_per_core": round(n_docs / seconds / cores),
-            "peak_worker_mem_mb": memory.peak_mb, "spilled_bytes": spilled_bytes(head) - spilled,
+            "peak_worker_mem_mb": memory.peak_mb, "peak_worker_task": memory.peak_task,
+            "spilled_bytes": spilled_bytes(head) - spilled,
             "funnel": {k: v for k, v in rows.items() if k != "by_reason"},
             "funnel_matches_planted": funnel_matches(rows, manifest["expected"])}  # fmt: skip
 
 
-def run_datatrove(path: str, workdir: str, cores: int) -> float:
-    """Seconds for datatrove's four MinHash steps on the Parquet shards at `path`."""
+def run_datatrove(path: str, workdir: str, cores: int) -> tuple[float, int]:
+    """(seconds, documents removed) for datatrove's four MinHash steps on the Parquet shards at `path`."""
     from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.dedup import (
         MinhashConfig,
@@ -153,9 +156,12 @@ def run_datatrove(path: str, workdir: str, cores: int) -> float:
     ]
     tasks = [cores, config.num_buckets, 1, cores]
     started = time.perf_counter()
-    for step, n_tasks in zip(steps, tasks, strict=True):
-        LocalPipelineExecutor(pipeline=step, tasks=n_tasks, workers=cores, logging_dir=f"{out}/logs").run()
-    return time.perf_counter() - started
+    for i, (step, n_tasks) in enumerate(zip(steps, tasks, strict=True)):
+        LocalPipelineExecutor(pipeline=step, tasks=n_tasks, workers=cores, logging_dir=f"{out}/logs/{i}").run()
+    seconds = time.perf_counter() - started
+    with open(f"{out}/logs/3/stats.json") as f:  # the filter step: what it dropped
+        removed = sum(entry["stats"].get("dropped", 0) for entry in json.load(f))
+    return seconds, removed
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -174,19 +180,20 @@ def main(argv: list[str] | None = None) -> dict:
 
         ray.init(address=head.gcs_address, log_to_driver=False)
         sizes = {str(n): measure_size(head, args.workdir, n) for n in args.sizes}
-        dedup_only = None
+        dedup_only = dedup_only_removed = None
         if args.datatrove_size:
             path, _ = corpus(args.workdir, args.datatrove_size)
-            dedup_only, _ = run_stage(path, os.path.join(args.workdir, "runs-dedup-only"), **DEDUP_ONLY)
+            dedup_only, rows = run_stage(path, os.path.join(args.workdir, "runs-dedup-only"), **DEDUP_ONLY)
+            dedup_only_removed = rows["duplicates_near"]
         ray.shutdown()
     finally:
         local.stop(head)
-    result = summarize(sizes, dedup_only, args)
+    result = summarize(sizes, (dedup_only, dedup_only_removed), args)
     print(json.dumps(result))
     return result
 
 
-def summarize(sizes: dict, dedup_only: float | None, args: argparse.Namespace) -> dict:
+def summarize(sizes: dict, dedup_only: tuple, args: argparse.Namespace) -> dict:
     result: dict = {"bench": "curate", "cores": os.cpu_count(), "sizes": sizes,
                     "docs_per_s_per_core": {n: s["docs_per_s_per_core"] for n, s in sizes.items()},
                     "peak_worker_mem_mb": {n: s["peak_worker_mem_mb"] for n, s in sizes.items()}}  # fmt: skip
@@ -194,12 +201,18 @@ def summarize(sizes: dict, dedup_only: float | None, args: argparse.Namespace) -
         result["growth"] = round(sizes["1000000"]["seconds"] / sizes["100000"]["seconds"], 2)
     peaks = [s["peak_worker_mem_mb"] for s in sizes.values()]
     result["peak_mem_spread"] = round(max(peaks) / max(1e-9, min(peaks)), 2)
+    if "100000" in sizes and "1000000" in sizes:  # the growth that matters: 10k barely wakes the workers up
+        result["peak_mem_growth_100k_to_1m"] = round(sizes["1000000"]["peak_worker_mem_mb"]
+                                                     / sizes["100000"]["peak_worker_mem_mb"], 2)  # fmt: skip
     if args.datatrove_size:
         path, _ = corpus(args.workdir, args.datatrove_size)
-        theirs = run_datatrove(path, args.workdir, os.cpu_count() or 1)
+        theirs, removed = run_datatrove(path, args.workdir, os.cpu_count() or 1)
+        ours, ours_removed = dedup_only
         result["datatrove_seconds"] = round(theirs, 1)
-        result["llmctl_dedup_only_seconds"] = round(dedup_only, 1)
-        result["ratio_vs_datatrove"] = round(theirs / dedup_only, 2)  # the same work: near-dedup of the input
+        result["llmctl_dedup_only_seconds"] = round(ours, 1)
+        # the same dedup quality: both remove the planted exact and near copies (exact ones are J = 1)
+        result["removed"] = {"llmctl": ours_removed, "datatrove": removed}
+        result["ratio_vs_datatrove"] = round(theirs / ours, 2)  # the same work: near-dedup of the input
         whole = sizes.get(str(args.datatrove_size), {}).get("seconds")
         if whole:
             result["ratio_vs_datatrove_whole_stage"] = round(theirs / whole, 2)

@@ -24,7 +24,7 @@ HI_COL, LO_COL = "_exact_hi", "_exact_lo"  # the 128-bit key of the normalized t
 PART_COL = "_part"
 DUP_COL = "exact_dup_of"
 REASON = "duplicate:exact"
-PARTITION_ROWS = 2_000_000  # rows of (id, key) one reducer holds at most: ~100 MB
+PARTITION_ROWS = 250_000  # rows of ids and keys one reducer holds at most: ~10 MB, and its sort a few times that
 
 
 def survivor_of(ids: list[str]) -> list[str | None]:

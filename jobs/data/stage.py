@@ -21,6 +21,9 @@ from pipelines.errors import StageError
 from pipelines.lsh import resolved_bands_rows
 
 KEEP_COLUMNS = ["id", "source", "text"]
+# Rows per batch of the maps over the text: a worker's memory follows the batch (a 10k-row block of ~1 KB documents
+# took ~600 MB through the filters' n-gram arrays), not the corpus.
+BATCH_ROWS = 1000
 REJECT_COLUMNS = ["id", "source", "text", "reason", "dup_of"]
 
 
@@ -28,7 +31,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     spec = ctx.spec
     use_shuffle(spec.shuffle)
     ds = read_inputs(ctx)
-    ds = ds.map_batches(prepare, batch_format="pyarrow", fn_kwargs={"spec": spec}).materialize()
+    ds = ds.map_batches(prepare, batch_format="pyarrow", batch_size=BATCH_ROWS, fn_kwargs={"spec": spec})
+    ds = ds.materialize()
     ctx.progress(phase="dedup", rows_read=ds.count())
     marked, dedup_stats = deduplicate(ds, spec)
     kept = where_reason(marked, is_null=True).select_columns(KEEP_COLUMNS)
@@ -189,7 +193,7 @@ def redact_pii(kept, spec) -> tuple[Any, dict[str, Any]]:
         batch = batch.append_column("pii", pa.array(counts, pa.string()))
         return batch.append_column("pii_examples", pa.array(examples, pa.string()))
 
-    marked = kept.map_batches(redact, batch_format="pyarrow").materialize()
+    marked = kept.map_batches(redact, batch_format="pyarrow", batch_size=BATCH_ROWS).materialize()
     totals: dict[str, int] = {}
     examples: dict[str, list[str]] = {}
     for batch in marked.select_columns(["pii", "pii_examples"]).iter_batches(batch_format="pyarrow",
