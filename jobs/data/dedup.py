@@ -124,20 +124,13 @@ def mark_exact_duplicates(
 ) -> ray.data.Dataset:
     """Add a string column `exact_dup_of`: null for the survivor of each group of equal normalized texts
     (the smallest id), the survivor's id for every other member. Row order is kept."""
-    import pyarrow as pa
-
     from jobs.data import marks
 
     keyed = ds.map_batches(add_keys, batch_format="pyarrow", fn_kwargs={"text_col": text_col}).materialize()
     if keyed.count() == 0:  # Ray's hash-shuffle reducer fails on an input without a single row
         return with_null_column(ds, DUP_COL)
     found = marks.build(exact_marks(keyed, id_col, num_partitions))
-
-    def apply(batch: pa.Table) -> pa.Table:
-        _, dup_of = marks.lookup([found], batch[id_col].cast(pa.string()))
-        return batch.drop_columns([HI_COL, LO_COL]).append_column(DUP_COL, dup_of)
-
-    return keyed.map_batches(apply, batch_format="pyarrow")
+    return marks.with_dup_column(keyed, found, id_col, [HI_COL, LO_COL], DUP_COL)
 
 
 def exact_groups(texts: list[str], ids: list[str]) -> list[str | None]:

@@ -88,7 +88,10 @@ class Filter:
 
 def first_failure(filters: Iterable[Filter], text: str) -> str | None:
     """The drop reason of the first filter that rejects `text`, or None if all keep it."""
-    doc = Doc(text)
+    return _first_failure(filters, Doc(text))
+
+
+def _first_failure(filters: Iterable[Filter], doc: Doc) -> str | None:
     for f in filters:
         reason = f.check_doc(doc)
         if reason is not None:
@@ -293,23 +296,25 @@ class BatchNgrams:
 
     def ranks(self, n: int) -> np.ndarray:
         """Rank of the n-gram starting at each position of the concatenated documents (one that runs into the next
-        document gets a rank too, but `_valid` leaves it out)."""
+        document gets a rank too, but `_occurrences` leaves it out)."""
         if n not in self._ranks:
             shorter = self.ranks(n - 1)[:-1]
             key = shorter * (len(self.ids) + 1) + self.ids[n - 1 :]
             self._ranks[n] = np.unique(key, return_inverse=True)[1].astype(np.int64)
         return self._ranks[n]
 
-    def _valid(self, n: int) -> np.ndarray:
-        return np.flatnonzero(np.arange(len(self.ids)) + n <= self.end)
+    def _occurrences(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(positions whose n-gram stays inside its document, how often that n-gram occurs in it)."""
+        pos = np.flatnonzero(np.arange(len(self.ids)) + n <= self.end)
+        rank = self.ranks(n)[pos]
+        return pos, np.bincount(rank)[rank]
 
     def top(self, n: int) -> np.ndarray:
+        """Every document's NgramRepetition.top_fraction(n)."""
         if n not in self._top:
             out = np.zeros(len(self.total))
-            pos = self._valid(n)
+            pos, count = self._occurrences(n)
             if len(pos):
-                rank = self.ranks(n)[pos]
-                count = np.bincount(rank)[rank]
                 doc = self.doc[pos]
                 best = np.zeros(len(self.total), dtype=np.int64)
                 np.maximum.at(best, doc, count)
@@ -322,19 +327,16 @@ class BatchNgrams:
         return self._top[n]
 
     def dup(self, n: int) -> np.ndarray:
+        """Every document's NgramRepetition.dup_fraction(n)."""
         if n not in self._dup:
-            out = np.zeros(len(self.total))
-            pos = self._valid(n)
-            if len(pos):
-                rank = self.ranks(n)[pos]
-                starts = pos[np.bincount(rank)[rank] > 1]
-                edges = np.zeros(len(self.ids) + 1, dtype=np.int64)
-                np.add.at(edges, starts, 1)
-                np.add.at(edges, starts + n, -1)
-                covered = np.cumsum(edges[:-1]) > 0
-                chars = np.bincount(self.doc[covered], weights=self.lengths[covered], minlength=len(self.total))
-                out = chars / self.total
-            self._dup[n] = out
+            pos, count = self._occurrences(n)
+            starts = pos[count > 1]
+            edges = np.zeros(len(self.ids) + 1, dtype=np.int64)
+            np.add.at(edges, starts, 1)
+            np.add.at(edges, starts + n, -1)
+            covered = np.cumsum(edges[:-1]) > 0
+            chars = np.bincount(self.doc[covered], weights=self.lengths[covered], minlength=len(self.total))
+            self._dup[n] = chars / self.total
         return self._dup[n]
 
     def view(self, i: int) -> _NgramView:
@@ -361,10 +363,7 @@ def first_failures(filters: list[Filter], texts: list[str | None]) -> list[str |
         batch = BatchNgrams([d.norm_words for d in docs])
         for i, d in enumerate(docs):
             d.ngrams = batch.view(i)
-    out = []
-    for doc in docs:
-        out.append(next((r for r in (f.check_doc(doc) for f in filters) if r is not None), None))
-    return out
+    return [_first_failure(filters, doc) for doc in docs]
 
 
 def top_ngram_char_fraction(words: list[str], n: int) -> float:

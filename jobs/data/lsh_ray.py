@@ -45,14 +45,15 @@ def add_band_keys(batch: pa.Table, cfg: MinHashConfig, bands: int, rows: int, te
     import pyarrow as pa
 
     texts = batch[text_col].to_pylist()
-    live = np.array([t is not None for t in texts]) if live is None else live & np.array([t is not None for t in texts])
-    hashes, offsets = shingle_hashes([t for t, ok in zip(texts, live.tolist(), strict=True) if ok], cfg.ngram_size)
+    present = np.array([t is not None for t in texts], dtype=bool)
+    docs = np.flatnonzero(present if live is None else live & present)
+    hashes, offsets = shingle_hashes([texts[i] for i in docs], cfg.ngram_size)
     sig = signatures_from_hashes(hashes, offsets, cfg.num_perm, cfg.seed)
-    keyed = np.flatnonzero(live)[has_shingles(sig)]
+    shingled = has_shingles(sig)
     keys = np.zeros((len(texts), bands), dtype=np.uint64)
-    keys[keyed] = band_keys(sig[has_shingles(sig)], bands, rows)
+    keys[docs[shingled]] = band_keys(sig[shingled], bands, rows)
     missing = np.ones(len(texts), dtype=bool)
-    missing[keyed] = False
+    missing[docs[shingled]] = False
     values = pa.array(keys.ravel(), pa.uint64())
     column = pa.FixedSizeListArray.from_arrays(values, bands, mask=pa.array(missing))
     return batch.append_column(BANDS_COL, column)

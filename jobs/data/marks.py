@@ -31,7 +31,6 @@ class Marks:
     lows: tuple[str, ...] = ()
     highs: tuple[str, ...] = ()
     refs: tuple[Any, ...] = field(default=(), repr=False)
-    count: int = 0
 
     def chunks_for(self, low: str, high: str) -> list[Any]:
         """Refs of the chunks whose id range meets [low, high]."""
@@ -66,7 +65,7 @@ def build(ds: ray.data.Dataset) -> Marks:
     bounds_of = ray.remote(_bounds)
     bounds = ray.get([bounds_of.remote(ref) for ref in refs])
     kept = [(lo, hi, ref) for (lo, hi, rows), ref in zip(bounds, refs, strict=True) if rows]
-    return Marks(tuple(k[0] for k in kept), tuple(k[1] for k in kept), tuple(k[2] for k in kept), n)
+    return Marks(tuple(k[0] for k in kept), tuple(k[1] for k in kept), tuple(k[2] for k in kept))
 
 
 def lookup(marks: list[Marks], ids: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, pa.Array]:
@@ -81,7 +80,7 @@ def lookup(marks: list[Marks], ids: pa.Array | pa.ChunkedArray) -> tuple[pa.Arra
     bounds = pc.min_max(ids)
     low, high = bounds["min"].as_py(), bounds["max"].as_py()
     for found in reversed(marks):  # the first set wins: it is applied last
-        refs = found.chunks_for(low, high) if found.count else []
+        refs = found.chunks_for(low, high)
         if not refs:
             continue
         chunk = pa.concat_tables(ray.get(refs))
@@ -89,3 +88,13 @@ def lookup(marks: list[Marks], ids: pa.Array | pa.ChunkedArray) -> tuple[pa.Arra
         reason = pc.coalesce(pc.take(chunk["reason"], where), reason)
         dup_of = pc.coalesce(pc.take(chunk["dup_of"], where), dup_of)
     return reason, dup_of
+
+
+def with_dup_column(ds: ray.data.Dataset, found: Marks, id_col: str, drop: list[str], name: str) -> ray.data.Dataset:
+    """`ds` without its key columns `drop`, with column `name`: each row's survivor in `found`, null if none."""
+
+    def apply(batch: pa.Table) -> pa.Table:
+        _, dup_of = lookup([found], batch[id_col].cast(pa.string()))
+        return batch.drop_columns(drop).append_column(name, dup_of)
+
+    return ds.map_batches(apply, batch_format="pyarrow")

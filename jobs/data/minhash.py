@@ -219,21 +219,13 @@ def mark_near_duplicates(ds: ray.data.Dataset, cfg: MinHashConfig, text_col: str
                          num_partitions: int | None = None) -> tuple[ray.data.Dataset, dict]:
     """Add a string column `near_dup_of` (null for survivors, else the smallest id of the document's
     near-duplicate cluster) and return the stats of `near_marks`. Row order is kept."""
-    import pyarrow as pa
-
     from jobs.data import lsh_ray, marks
 
     bands, rows = resolved_bands_rows(cfg)
     keyed = ds.map_batches(lsh_ray.add_band_keys, batch_format="pyarrow", fn_kwargs={
         "cfg": cfg, "bands": bands, "rows": rows, "text_col": text_col}).materialize()
     found, stats = near_marks(keyed, cfg, id_col=id_col, num_partitions=num_partitions)
-    found = marks.build(found)
-
-    def apply(batch: pa.Table) -> pa.Table:
-        _, dup_of = marks.lookup([found], batch[id_col].cast(pa.string()))
-        return batch.drop_columns([lsh_ray.BANDS_COL]).append_column(lsh_ray.OUT_COL, dup_of)
-
-    return keyed.map_batches(apply, batch_format="pyarrow"), stats
+    return marks.with_dup_column(keyed, marks.build(found), id_col, [lsh_ray.BANDS_COL], lsh_ray.OUT_COL), stats
 
 
 def near_marks(keyed: ray.data.Dataset, cfg: MinHashConfig, text_col: str = "text", id_col: str = "id",
