@@ -62,7 +62,21 @@ def start_engine(model: Any, optimizer: Any, lr_scheduler: Any, config: dict[str
     back (~4 % of a tiny model's step on CPU): that pass is switched off."""
     import deepspeed
 
+    _without_shm_comm_op_on_cpu()
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=lr_scheduler, config=config)
     if engine.dp_world_size == 1 and engine.zero_optimization_stage() == 0:
         engine.enable_backward_allreduce = False
     return engine
+
+
+def _without_shm_comm_op_on_cpu() -> None:
+    """On CPU, DeepSpeed's communication backend JIT-compiles a shared-memory all-reduce op at start-up (C++ with
+    ninja: one to four minutes on 2 cores, and again whenever another Python environment built it last) after
+    probing every op's compiler. Only its inference all-reduce uses that op; training's collectives go through
+    torch.distributed (gloo). The probe's result is a module attribute that DeepSpeed reads in exactly one place
+    (comm/torch.py, build_shm_op); setting it first, with no op marked compatible, skips both probe and build."""
+    import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
+
+    if get_accelerator().device_name() == "cpu" and "__compatible_ops__" not in vars(deepspeed.ops):
+        deepspeed.ops.__compatible_ops__ = {}
