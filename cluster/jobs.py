@@ -172,14 +172,30 @@ def follow(target: Target, job_id: str) -> Iterator[str]:
         loop.close()
 
 
-def wait(target: Target, job_id: str, on_chunk: Callable[[str], None] | None = None, poll: float = 0.5) -> str:
-    """Block until the job ends; stream its log to `on_chunk` when given. Returns the final status."""
+def wait(
+    target: Target,
+    job_id: str,
+    on_chunk: Callable[[str], None] | None = None,
+    poll: float = 0.5,
+    last_line: str | None = None,
+) -> str:
+    """Block until the job ends; stream its log to `on_chunk` when given. Returns the final status.
+
+    `last_line` is the prefix of the line a job prints last when it succeeds: the stream stops there rather than
+    when the Jobs API closes it (a second or two after the job ends), and the status is then polled quickly."""
     if on_chunk is not None:
         try:
             for chunk in follow(target, job_id):
                 on_chunk(chunk)
+                if last_line is not None and _has_line(chunk, last_line):
+                    poll = min(poll, 0.1)
+                    break
         except RuntimeError:
             pass  # the log stream can close early; the status poll below is authoritative
     while (state := status(target, job_id)) not in TERMINAL:
         time.sleep(poll)
     return state
+
+
+def _has_line(chunk: str, prefix: str) -> bool:
+    return chunk.startswith(prefix) or f"\n{prefix}" in chunk

@@ -83,7 +83,7 @@ def follow(sub: Submission, on_log: Callable[[str], None] | None = None) -> Subm
         if on_log:
             on_log(chunk)
 
-    sub.status = jobs.wait(sub.target, sub.job_id, collect)
+    sub.status = jobs.wait(sub.target, sub.job_id, collect, last_line=SUMMARY_PREFIX)
     text = "".join(chunks) if chunks else jobs.logs(sub.target, sub.job_id)
     sub.summary = parse_summary(text)
     if sub.status != "SUCCEEDED":
