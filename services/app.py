@@ -137,7 +137,15 @@ def llm_config_kwargs(record: AppRecord) -> dict[str, Any]:
         "runtime_env": runtime_env(record),
         # False: vLLM keeps its own Prometheus logger (served at /metrics) in place of Ray's, or none when off.
         "log_engine_metrics": stage.engine.metrics == "ray",
+        **node_init(record.model_source),
     }
+
+
+def node_init(model_source: str) -> dict[str, Any]:
+    """A model directory on a path is served where it is: no per-node download task (services.node_init)."""
+    if "://" in model_source:
+        return {}
+    return {"callback_config": {"callback_class": "services.node_init:LocalModelDirectory"}}
 
 
 def guard(record: AppRecord) -> Guard:

@@ -46,6 +46,24 @@ def test_engine_metrics_choose_the_stat_logger(tiny_model_dir):
         record(engine={"kwargs": {"disable_log_stats": True}})
 
 
+def test_a_model_directory_skips_the_per_node_download_task_an_s3_model_keeps_it(tiny_model_dir):
+    import asyncio
+
+    from ray.llm._internal.common.callbacks.base import CallbackBase
+    from ray.serve.llm import LLMConfig
+
+    from services.node_init import LocalModelDirectory
+
+    local = LLMConfig(**app.llm_config_kwargs(record().model_copy(update={"model_source": tiny_model_dir})))
+    assert local.callback_config.callback_class == "services.node_init:LocalModelDirectory"
+    callback = LocalModelDirectory(llm_config=local)
+    asyncio.run(callback.run_callback("on_before_node_init"))  # as the replica's engine runs it before starting
+    assert callback.ctx.run_init_node is False
+    remote = app.llm_config_kwargs(record().model_copy(update={"model_source": "s3://models/chat"}))
+    assert "callback_config" not in remote  # Serve LLM's default: download the model on each node
+    assert LLMConfig(model_loading_config={"model_id": "x"}).callback_config.callback_class is CallbackBase
+
+
 def test_cpu_replicas_reserve_exactly_their_cpus_gpu_replicas_their_gpus():
     cpu = app.llm_config_kwargs(record(placement={"cpus_per_replica": 2}))
     assert cpu["accelerator_config"] == {"kind": "cpu"}
