@@ -41,3 +41,7 @@ def did_you_mean(word: str, options: Iterable[str]) -> str:
     if close:
         return f" — did you mean '{close[0]}'?"
     return f" — valid: {', '.join(options)}" if options else ""
+
+
+class CapacityError(LlmctlError):
+    """The plan cannot fit the cluster it is meant for (memory per GPU, GPU counts, node shapes)."""

@@ -108,7 +108,7 @@ def trainable_setup(spec: RLHFStage, model_uri: str, scaling: Scaling, optim: An
     return RoleSetup(
         model_uri=model_uri, micro_batch_size=spec.micro_batch_size, seed=spec.seed, pad_token_id=pad_id, optim=optim,
         deepspeed=ds, total_steps=spec.steps * spec.epochs, offload_optimizer=spec.deepspeed.offload_optimizer,
-        stop_token_ids=stops, **extra,
+        activation_checkpointing=spec.deepspeed.activation_checkpointing, stop_token_ids=stops, **extra,
     )  # fmt: skip
 
 

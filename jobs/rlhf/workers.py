@@ -68,6 +68,7 @@ class RoleSetup:
     deepspeed: dict[str, Any] = field(default_factory=dict)  # the engine config (jobs.train.deepspeed_config)
     total_steps: int = 1  # optimizer steps over the run, for the LR schedule
     offload_optimizer: bool = False
+    activation_checkpointing: bool = False
     actor_loss: ActorLoss | None = None
     value_clip: float = 0.2
     chat_template: str | None = None  # the reward model's, to render prompt + answer
@@ -134,7 +135,8 @@ class TrainableWorker(ModelWorker):
         cfg = self.config
         model.config.use_cache = False
         optimizer = build_optimizer(model, cfg.optim, offload=cfg.offload_optimizer)
-        self.model = start_engine(model, optimizer, scheduler_factory(cfg.optim, cfg.total_steps), cfg.deepspeed)
+        schedule = scheduler_factory(cfg.optim, cfg.total_steps)
+        self.model = start_engine(model, optimizer, schedule, cfg.deepspeed, cfg.activation_checkpointing)
 
     def train_epochs(self, batch: dict[str, Any], epochs: int, loss_fn: Any) -> dict[str, float]:
         """`epochs` passes over this rank's slice, one optimizer step per pass (DeepSpeed accumulates the

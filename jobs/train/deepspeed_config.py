@@ -56,13 +56,17 @@ def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def start_engine(model: Any, optimizer: Any, lr_scheduler: Any, config: dict[str, Any]) -> Any:
+def start_engine(
+    model: Any, optimizer: Any, lr_scheduler: Any, config: dict[str, Any], activation_checkpointing: bool = False
+) -> Any:
     """deepspeed.initialize, returning the engine. With one data-parallel rank and no ZeRO, nothing is averaged,
     yet DeepSpeed would still flatten every gradient into a buffer, all-reduce it over a group of one and copy it
     back (~4 % of a tiny model's step on CPU): that pass is switched off."""
     import deepspeed
 
     _without_shm_comm_op_on_cpu()
+    if activation_checkpointing:  # non-reentrant: works with frozen inputs (LoRA) and ZeRO-3's gathered weights
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=lr_scheduler, config=config)
     if engine.dp_world_size == 1 and engine.zero_optimization_stage() == 0:
         engine.enable_backward_allreduce = False

@@ -23,6 +23,7 @@ class TrainJob:
     precision: str  # resolved: fp32 | bf16 | fp16
     zero_stage: int
     offload_optimizer: bool
+    activation_checkpointing: bool
     use_gpu: bool
     tensorboard_uri: str
     export_uri: str | None = None  # where rank 0 writes the Hugging Face model at the end; None skips export
@@ -50,6 +51,7 @@ def for_stage(
         precision=spec.deepspeed.resolved_precision(use_gpu),
         zero_stage=spec.deepspeed.resolved_stage(workers),
         offload_optimizer=spec.deepspeed.offload_optimizer,
+        activation_checkpointing=spec.deepspeed.activation_checkpointing,
         use_gpu=use_gpu,
         tensorboard_uri=out.path(STATE_DIR, "tensorboard"),
         export_uri=out.path("model"),

@@ -95,7 +95,8 @@ class TrainLoop:
         model = job.model.build(seed=job.schedule.seed)
         model.config.use_cache = False
         optimizer = build_optimizer(model, job.optim, offload=job.offload_optimizer)
-        return start_engine(model, optimizer, scheduler_factory(job.optim, job.schedule.steps), job.deepspeed)
+        schedule = scheduler_factory(job.optim, job.schedule.steps)
+        return start_engine(model, optimizer, schedule, job.deepspeed, job.activation_checkpointing)
 
     def resume(self) -> None:
         state = checkpoint.restore(self.engine)

@@ -189,6 +189,12 @@ class DeepSpeedConfig(Model):
     offload_params: bool = Field(
         False, description="Keep parameters on the CPU between uses (ZeRO-Infinity style); needs zero_stage 3."
     )
+    activation_checkpointing: bool = Field(
+        False,
+        description="Keep only each layer's input during the forward pass and recompute the rest in backward "
+        "(Hugging Face gradient checkpointing): activation memory falls to about one layer's worth plus one hidden "
+        "state per layer, for about a third more compute. `llmctl plan --cluster` shows both figures.",
+    )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto",
         description="Training precision: auto = bf16 on GPU, fp32 on CPU. fp16 uses dynamic loss scaling. "
