@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from cli.options import address_option
+from cli.options import address_option, cluster_option
 from pipelines.errors import LlmctlError
 
 
@@ -38,27 +38,48 @@ def main() -> None:
     """One YAML file takes a language model from raw text to a served endpoint on Ray."""
 
 
-@main.command()
-@click.argument("spec", type=click.Path(dir_okay=False))
-@set_option
-def validate(spec: str, overrides: tuple[str, ...]) -> None:
-    """Check a pipeline file: schema, references, inputs. Needs no cluster."""
-    from cluster.runs import make_plan
-
-    p = make_plan(spec, overrides)
-    click.echo(f"ok: {spec} — pipeline '{p.pipeline}', {len(p.stages)} stages ({', '.join(s.name for s in p.stages)})")
+PLAN_ADDRESS_HELP = "Plan for the cluster at this Ray dashboard URL: its nodes, GPUs and GPU types, read from Ray."
 
 
 @main.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
 @set_option
-def plan(spec: str, overrides: tuple[str, ...]) -> None:
-    """Show the stages, what each reads, its cache key and whether it would be skipped."""
-    from cli.render import print_plan
-    from cluster.runs import cached_stages, make_plan
+@cluster_option
+@address_option(envvar=False, help=PLAN_ADDRESS_HELP)
+def validate(spec: str, overrides: tuple[str, ...], cluster_shape: str | None, address: str | None) -> None:
+    """Check a pipeline file: schema, references, inputs; with --cluster (or --address), that every stage fits."""
+    from cluster import runs
 
-    p = make_plan(spec, overrides)
-    print_plan(p, cached_stages(p))
+    p = runs.make_plan(spec, overrides)
+    shape = runs.cluster_shape(cluster_shape, address)
+    if shape is not None:
+        runs.check_fits(spec, overrides, shape)
+    fits = f"; fits {shape.label}" if shape is not None else ""
+    names = ", ".join(s.name for s in p.stages)
+    click.echo(f"ok: {spec} — pipeline '{p.pipeline}', {len(p.stages)} stages ({names}){fits}")
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@set_option
+@cluster_option
+@address_option(envvar=False, help=PLAN_ADDRESS_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the plan (and estimates) as one JSON object.")
+def plan(spec: str, overrides: tuple[str, ...], cluster_shape: str | None, address: str | None, as_json: bool) -> None:
+    """Show the stages, what each reads, its cache key and whether it would be skipped; with --cluster (or
+    --address), what each needs per GPU and for how long, and whether it fits."""
+    from cli.render import plan_json, print_estimates, print_plan
+    from cluster import runs
+
+    p = runs.make_plan(spec, overrides)
+    shape = runs.cluster_shape(cluster_shape, address)
+    found, problems = runs.estimates(spec, overrides, shape) if shape is not None else ({}, [])
+    if as_json:
+        click.echo(json.dumps(plan_json(p, runs.cached_stages(p), shape, found, problems)))
+        return
+    print_plan(p, runs.cached_stages(p))
+    if shape is not None:
+        print_estimates(shape, found, problems)
 
 
 @main.command()

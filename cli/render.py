@@ -25,6 +25,47 @@ def print_plan(plan, cached: dict[str, bool]) -> None:
     console.print(f"artifacts: {plan.storage}/{plan.pipeline}/<stage>/<cache key>/")
 
 
+def print_estimates(cluster, estimates: dict[str, Any], problems: list[str]) -> None:
+    """Per stage, per GPU (per CPU worker for CPU stages): memory by part, GPUs occupied, hours at the assumed MFU."""
+    device = cluster.device.name if cluster.device else "no known GPU"
+    table = Table(title=f"estimates on {cluster.label} ({device}); GiB per GPU, or per worker on CPU")
+    for col in ("stage", "params", "model states", "activations (ckpt)", "vLLM", "total", "GPUs", "hours"):
+        table.add_column(col, justify="left" if col == "stage" else "right")
+    for name, est in estimates.items():
+        if isinstance(est, str):
+            table.add_row(name, est, *[""] * 6)
+            continue
+        total = f"{est.total_gib_per_gpu:.1f}" + ("" if est.on_gpu else " (CPU)")
+        table.add_row(name, _count(est.params), f"{est.model_states_gib:.1f}",
+                      f"{est.activations_gib:.1f} ({est.activations_ckpt_gib:.1f})", f"{est.vllm_gib:.1f}", total,
+                      str(est.gpus), "-" if est.hours is None else f"{est.hours:.2f}")  # fmt: skip
+    console.print(table)
+    for line in problems:
+        console.print(f"[red]does not fit:[/red] {line}")
+
+
+def _count(n: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)
+
+
+def plan_json(plan, cached: dict[str, bool], cluster, estimates: dict[str, Any], problems: list[str]) -> dict:
+    stages = {}
+    for s in plan.stages:
+        est = estimates.get(s.name)
+        stages[s.name] = {"kind": s.kind, "cache_key": s.cache_key, "uri": s.uri, "reads": list(s.inputs),
+                          "cached": cached.get(s.name, False), "always_run": s.always_run,
+                          "estimate": est.to_json() if hasattr(est, "to_json") else est}  # fmt: skip
+    out = {"pipeline": plan.pipeline, "run_id": plan.run_id, "code_version": plan.code_version, "stages": stages}
+    if cluster is not None:
+        out["cluster"] = {"label": cluster.label, "gpus": cluster.total_gpus,
+                          "device": cluster.device.name if cluster.device else None}  # fmt: skip
+        out["fits"], out["problems"] = not problems, problems
+    return out
+
+
 def _lsh_line(stage: str, minhash: dict[str, Any]) -> str:
     """The LSH banding and its S-curve 1-(1-s^r)^b: the chance a pair at Jaccard s becomes a candidate."""
     from pipelines.lsh import describe

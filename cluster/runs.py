@@ -13,6 +13,8 @@ import yaml
 from cluster import jobs
 from pipelines import load, plan, storage
 from pipelines.artifacts import SUMMARY_PREFIX
+from pipelines.capacity import devices
+from pipelines.capacity.devices import Cluster
 from pipelines.errors import JobFailed
 
 
@@ -28,6 +30,40 @@ class Submission:
 
 def make_plan(path: str, overrides: tuple[str, ...] = (), check_inputs: bool = True) -> plan.Plan:
     return plan.build(load.load(path, overrides), check_inputs=check_inputs)
+
+
+def cluster_shape(shape: str | None = None, address: str | None = None) -> Cluster | None:
+    """The cluster to plan for: a shape such as 2x8xH100-80GB, else the nodes of the cluster at `address`."""
+    if shape:
+        return devices.parse(shape)
+    if address:
+        return read_cluster(jobs.resolve_target(address, start_local=False))
+    return None
+
+
+def read_cluster(target: jobs.Target) -> Cluster:
+    from cluster.multinode import alive_nodes
+
+    return devices.from_ray_nodes(alive_nodes(target.dashboard_url))
+
+
+def estimates(path: str, overrides: tuple[str, ...], cluster: Cluster) -> tuple[dict[str, Any], list[str]]:
+    """Per-stage estimates on `cluster` and the problems that keep the plan from fitting it (empty if it fits)."""
+    from pipelines.capacity import estimate, fit
+
+    pipeline = plan.resolve(load.load(path, overrides))
+    found = estimate.estimate_pipeline(pipeline.stages, cluster, pipeline.capacity.mfu)
+    problems = [p for name, est in found.items() if isinstance(est, estimate.Estimate)
+                for p in fit.problems(name, pipeline.stages, est, cluster, pipeline.capacity.mfu)]  # fmt: skip
+    return found, problems
+
+
+def check_fits(path: str, overrides: tuple[str, ...], cluster: Cluster) -> None:
+    """Raise CapacityError when a stage cannot run on `cluster`: nothing is submitted then."""
+    from pipelines.capacity import fit
+
+    pipeline = plan.resolve(load.load(path, overrides))
+    fit.check(pipeline.stages, cluster, pipeline.capacity.mfu)
 
 
 def cached_stages(p: plan.Plan) -> dict[str, bool]:
@@ -52,6 +88,7 @@ def submit(
     """Validate, plan, submit as a Ray job; with `wait`, follow it and raise JobFailed unless it succeeds."""
     p = make_plan(path, overrides)
     target = jobs.resolve_target(address)
+    check_fits(path, overrides, read_cluster(target))
     run_uri = write_run_record(p)
     metadata = {"pipeline": p.pipeline, "stages": ",".join(s.name for s in p.stages), "run_uri": run_uri}
     env = {**storage.job_env(), **key_digest_env(p)}

@@ -70,7 +70,7 @@ def combine(parts: list[Part], colocated: list[str], flops: float, device: Devic
     per_device += [p.total_gib for p in alone]
     gpus = max((p.gpus for p in shared), default=0) + sum(p.gpus for p in alone)
     main = parts[0]
-    hours = memory.hours(flops, gpus, device.bf16_tflops, mfu) if on_gpu and device and gpus else None
+    hours = memory.hours(flops, gpus, device.bf16_tflops, mfu) if on_gpu and device and gpus and flops else None
     return Estimate(
         params=main.params,
         model_states_gib=sum(p.model_states_gib for p in shared) if main in shared else main.model_states_gib,
@@ -94,7 +94,8 @@ def trainer(role: str, shape: Shape, ds: Any, scaling: Any, seqs: int, seq_len: 
     zero = ds.resolved_stage(ranks)
     if lora is not None:  # frozen base weights plus the adapters' full training state
         trainable = shape.lora_params(lora.rank, lora.target_modules)
-        states = shape.params * memory.weight_bytes(precision) + memory.model_states(trainable, 0, zero, ranks, precision)
+        adapters = memory.model_states(trainable, 0, zero, ranks, precision)
+        states = shape.params * memory.weight_bytes(precision) + adapters
     else:
         states = memory.model_states(shape.params, shape.largest_layer, zero, ranks, precision,
                                      ds.offload_optimizer, ds.offload_params)  # fmt: skip

@@ -28,8 +28,9 @@ def problems(name: str, stages: dict[str, Any], est: Estimate, cluster: Cluster,
         return [f"{where} runs on GPUs but {cluster.label} has none{_unknown(cluster)}; run it on a GPU cluster "
                 f"or set its use_gpu to false."]  # fmt: skip
     if est.bundle_gpus > cluster.most_gpus_per_node:
-        return [f"{where}: one worker (or tensor-parallel replica) needs {est.bundle_gpus:g} GPUs on one node; the "
-                f"largest node has {cluster.most_gpus_per_node}. Lower its gpus_per_worker or tensor_parallel_size."]  # fmt: skip
+        return [f"{where}: one worker (or tensor-parallel replica) needs {est.bundle_gpus:g} GPUs on one node; "
+                f"the largest node has {cluster.most_gpus_per_node}. Lower its gpus_per_worker or "
+                f"tensor_parallel_size."]  # fmt: skip
     if est.gpus > cluster.total_gpus:
         return [f"{where} occupies {est.gpus} GPUs; {cluster.label} has {cluster.total_gpus}. Use fewer workers or "
                 f"engines, or more nodes (e.g. --cluster {_more_nodes(est.gpus, cluster)})."]  # fmt: skip

@@ -23,8 +23,9 @@ def shape_of(stages: dict[str, Any], ref: str | None, depth: int = 0) -> Shape |
         if vocab is None:
             return None
         dims = stage.model.dims()
-        return Shape(-(-vocab // VOCAB_MULTIPLE) * VOCAB_MULTIPLE, dims["hidden_size"], dims["num_layers"],
-                     dims["num_heads"], dims["num_kv_heads"], dims["intermediate_size"], stage.model.tie_embeddings)  # fmt: skip
+        padded = -(-vocab // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+        return Shape(padded, dims["hidden_size"], dims["num_layers"], dims["num_heads"], dims["num_kv_heads"],
+                     dims["intermediate_size"], stage.model.tie_embeddings)  # fmt: skip
     return shape_of(stages, getattr(stage, "model", None), depth + 1)
 
 
@@ -48,7 +49,8 @@ def _from_hf_dir(path: str) -> Shape | None:
         c = json.load(f)
     try:
         heads = c["num_attention_heads"]
+        tied = c.get("tie_word_embeddings", False)
         return Shape(c["vocab_size"], c["hidden_size"], c["num_hidden_layers"], heads,
-                     c.get("num_key_value_heads", heads), c["intermediate_size"], c.get("tie_word_embeddings", False))  # fmt: skip
+                     c.get("num_key_value_heads", heads), c["intermediate_size"], tied)  # fmt: skip
     except KeyError:
         return None

@@ -50,13 +50,15 @@ def rlhf(stage: Any, shape: Shape, stages: dict[str, Any], device: Device | None
     parts = [trainer("actor", shape, stage.deepspeed, stage.actor, stage.micro_batch_size, length)]
     if stage.kind == "ppo":
         parts.append(trainer("critic", shape, stage.deepspeed, stage.critic, stage.micro_batch_size, length))
-    parts.append(frozen("reference", shape, stage.reference, stage.deepspeed.resolved_precision(stage.reference.use_gpu)))
+    precision = stage.deepspeed.resolved_precision(stage.reference.use_gpu)
+    parts.append(frozen("reference", shape, stage.reference, precision))
     reward = shape_of(stages, stage.reward_model) if stage.reward_model else None
     if reward is not None:
         parts.append(frozen("reward", reward, stage.reward, stage.deepspeed.resolved_precision(stage.reward.use_gpu)))
     if rollout.backend == "vllm":
+        max_len = rollout.max_model_len or length
         parts.append(vllm_engine("rollout", shape, device, rollout.use_gpu, rollout.gpu_memory_utilization,
-                                 rollout.kv_cache_bytes, 1, rollout.num_engines, rollout.max_model_len or length))  # fmt: skip
+                                 rollout.kv_cache_bytes, 1, rollout.num_engines, max_len))  # fmt: skip
     else:
         engines = stage.actor.model_copy(update={"num_workers": rollout.num_engines, "use_gpu": rollout.use_gpu})
         parts.append(frozen("rollout", shape, engines, "bf16" if rollout.use_gpu else "fp32"))

@@ -30,6 +30,18 @@ Stage = Annotated[Union[STAGE_CLASSES], Field(discriminator="kind")]  # noqa: UP
 NAME_RE = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 
 
+class CapacityConfig(Model):
+    """Assumptions of the estimates `llmctl plan --cluster` prints (they change no stage)."""
+
+    mfu: float = Field(
+        0.40,
+        gt=0,
+        le=1,
+        description="Model-FLOPs utilisation assumed to turn a stage's FLOPs into hours on the cluster's GPUs "
+        "(well-tuned dense LLM training reaches 0.35-0.55 on A100/H100; small models and RLHF rollouts less).",
+    )
+
+
 class Pipeline(Model):
     """A whole pipeline: where artifacts go and the stages that produce them."""
 
@@ -43,6 +55,7 @@ class Pipeline(Model):
         "Every stage writes to <storage>/<pipeline>/<stage>/<cache_key>/.",
     )
     description: str = Field("", description="Free text shown by `llmctl plan`.")
+    capacity: CapacityConfig = Field(default_factory=CapacityConfig, description="Planning assumptions.")
     stages: dict[str, Stage] = Field(
         min_length=1, description="Stages by name, run in file order; a stage reads earlier stages by name."
     )
