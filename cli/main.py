@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from cli.options import address_option, cluster_option
+from cli.options import address_option, cluster_option, plan_address_option
 from pipelines.errors import LlmctlError
 
 
@@ -38,14 +38,11 @@ def main() -> None:
     """One YAML file takes a language model from raw text to a served endpoint on Ray."""
 
 
-PLAN_ADDRESS_HELP = "Plan for the cluster at this Ray dashboard URL: its nodes, GPUs and GPU types, read from Ray."
-
-
 @main.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
 @set_option
 @cluster_option
-@address_option(envvar=False, help=PLAN_ADDRESS_HELP)
+@plan_address_option
 def validate(spec: str, overrides: tuple[str, ...], cluster_shape: str | None, address: str | None) -> None:
     """Check a pipeline file: schema, references, inputs; with --cluster (or --address), that every stage fits."""
     from cluster import runs
@@ -63,7 +60,7 @@ def validate(spec: str, overrides: tuple[str, ...], cluster_shape: str | None, a
 @click.argument("spec", type=click.Path(dir_okay=False))
 @set_option
 @cluster_option
-@address_option(envvar=False, help=PLAN_ADDRESS_HELP)
+@plan_address_option
 @click.option("--json", "as_json", is_flag=True, help="Print the plan (and estimates) as one JSON object.")
 def plan(spec: str, overrides: tuple[str, ...], cluster_shape: str | None, address: str | None, as_json: bool) -> None:
     """Show the stages, what each reads, its cache key and whether it would be skipped; with --cluster (or

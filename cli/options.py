@@ -10,13 +10,18 @@ ADDRESS_HELP = (
 )
 
 
-def address_option(f=None, *, envvar: bool = True, help: str = ADDRESS_HELP):
-    """--address; with envvar=False, $RAY_ADDRESS does not count (commands that work offline unless asked)."""
+PLAN_ADDRESS_HELP = (
+    "Plan for the cluster at this Ray dashboard URL: its nodes, GPUs and GPU types as Ray reports them "
+    "($RAY_ADDRESS is not read: planning stays offline unless asked)."
+)
 
-    def decorate(fn):
-        return click.option("--address", envvar="RAY_ADDRESS" if envvar else None, default=None, help=help)(fn)
 
-    return decorate(f) if f is not None else decorate
+def address_option(f):
+    return click.option("--address", envvar="RAY_ADDRESS", default=None, help=ADDRESS_HELP)(f)
+
+
+def plan_address_option(f):
+    return click.option("--address", default=None, help=PLAN_ADDRESS_HELP)(f)
 
 
 def cluster_option(f):
