@@ -109,3 +109,26 @@ def test_submit_prints_no_package_upload_lines(ray_head, tmp_path):
     printed = out.stdout + out.stderr
     assert "submitted" in out.stdout and "follow it with: llmctl logs -f" in out.stdout
     assert "package" not in printed.lower(), printed
+
+
+@pytest.mark.cluster
+def test_submit_refuses_a_plan_the_cluster_cannot_place_and_submits_nothing(ray_head, tmp_path):
+    """The session's head has CPUs only: a stage that asks for GPUs would wait for them forever. Submit reads the
+    cluster's nodes from Ray and refuses the plan with one message; no job and no run record appear."""
+    from cluster import jobs
+
+    body = textwrap.dedent(f"""
+        name: needs-gpus
+        storage: {tmp_path}/runs
+        stages:
+          curate: {{kind: data, inputs: [{tmp_path}/corpus.jsonl]}}
+          tokenizer: {{kind: tokenizer, data: curate, vocab_size: 512}}
+          pretrain: {{kind: pretrain, data: curate, tokenizer: tokenizer, scaling: {{use_gpu: true}}}}
+        """)  # fmt: skip
+    before = len(jobs.list_runs(jobs.Target(ray_head.dashboard_url, is_local=False)))
+    result = run("submit", spec_file(tmp_path, body), "--address", ray_head.dashboard_url)
+    assert result.exit_code == 2, result.output
+    assert "error: the plan does not fit 1 node(s), 0 GPU(s):" in result.output
+    assert "stages.pretrain runs on GPUs but 1 node(s), 0 GPU(s) has none" in result.output
+    assert len(jobs.list_runs(jobs.Target(ray_head.dashboard_url, is_local=False))) == before
+    assert not (tmp_path / "runs" / "needs-gpus" / "runs").exists()

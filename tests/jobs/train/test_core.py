@@ -190,3 +190,45 @@ def test_metrics_reach_ray_train_at_most_once_per_report_interval_and_every_log_
     train.state.step = 7
     train.after_step()
     assert calls[-1] == ("report", 7)
+
+
+def test_engine_on_cpu_trains_with_activation_checkpointing_and_builds_no_shm_op(tmp_path):
+    """start_engine on a gloo group of one (a fresh process: DeepSpeed's communication backend is global): with
+    activation checkpointing the model recomputes its layers and still trains, and DeepSpeed on CPU neither
+    compiles its shared-memory all-reduce op nor probes for compilers (the op would land in TORCH_EXTENSIONS_DIR)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from tests.conftest import ROOT, free_port
+
+    code = textwrap.dedent("""
+        import os, torch
+        from transformers import LlamaConfig, LlamaForCausalLM
+        from jobs.train import deepspeed_config
+        from pipelines.spec.train import DeepSpeedConfig, OptimConfig, ScheduleConfig
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128,
+                                             num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=32))
+        model.config.use_cache = False
+        ds = deepspeed_config.build(DeepSpeedConfig(zero_stage=0), OptimConfig(), ScheduleConfig(micro_batch_size=2),
+                                    1, False)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        engine = deepspeed_config.start_engine(model, optimizer, None, ds, activation_checkpointing=True)
+        ids = torch.randint(0, 256, (2, 32))
+        losses = []
+        for _ in range(8):
+            loss = engine(input_ids=ids, labels=ids).loss
+            engine.backward(loss)
+            engine.step()
+            losses.append(loss.item())
+        from deepspeed.comm import comm  # the module whose global `cdb` holds the backend DeepSpeed started
+        print(model.is_gradient_checkpointing, losses[-1] < losses[0], comm.cdb.shm_comm_op is None)
+        """)  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": ROOT, "DS_ACCELERATOR": "cpu", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(free_port()), "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
+           "TORCH_EXTENSIONS_DIR": str(tmp_path / "extensions")}  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "True True True"
+    assert not (tmp_path / "extensions").exists()
