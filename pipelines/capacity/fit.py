@@ -19,7 +19,9 @@ def check(stages: dict[str, Any], cluster: Cluster, mfu: float = DEFAULT_MFU) ->
     return estimates
 
 
-def problems(name: str, stages: dict[str, Any], est: Estimate, cluster: Cluster, mfu: float) -> list[str]:
+def problems(
+    name: str, stages: dict[str, Any], est: Estimate, cluster: Cluster, mfu: float, with_fix: bool = True
+) -> list[str]:
     if not est.on_gpu:
         return []
     where = f"stages.{name}"
@@ -40,8 +42,9 @@ def problems(name: str, stages: dict[str, Any], est: Estimate, cluster: Cluster,
                 f"max_model_len."]  # fmt: skip
     if est.total_gib_per_gpu <= device.memory_gib:
         return []
+    fix = cheapest_fix(name, stages, cluster, mfu) if with_fix else ""
     return [f"{where} needs {est.total_gib_per_gpu:.1f} GiB per GPU ({_parts(est)}) but each {device.name} has "
-            f"{device.memory_gib:g} GiB. {cheapest_fix(name, stages, cluster, mfu)}"]  # fmt: skip
+            f"{device.memory_gib:g} GiB. {fix}".rstrip()]  # fmt: skip
 
 
 def _parts(est: Estimate) -> str:
@@ -58,38 +61,66 @@ def _more_nodes(gpus: int, cluster: Cluster) -> str:
     return f"{-(-gpus // per_node)}x{per_node}x{cluster.device.name if cluster.device else 'GPU'}"
 
 
-def candidates(stage: Any) -> list[tuple[str, Any]]:
-    """Changes that lower memory per GPU, cheapest first: more sharding, recomputation, offload, more GPUs."""
+def candidates(stage: Any) -> list[dict[str, Any]]:
+    """Changes that lower memory per GPU, cheapest first: more sharding, recomputation, smaller micro-batches with
+    more accumulation (the same global batch), offload, then twice the GPUs."""
     ds = getattr(stage, "deepspeed", None)
     if ds is None:
         return []
-    out: list[tuple[str, Any]] = [("deepspeed.zero_stage", z) for z in range(ds.zero_stage + 1, 4)]
+    out: list[dict[str, Any]] = [{"deepspeed.zero_stage": z} for z in range(ds.zero_stage + 1, 4)]
     if getattr(stage, "placement", None) == "colocated":
-        out.insert(0, ("placement", "separate"))
-    out.append(("deepspeed.activation_checkpointing", True))
-    out.append(("deepspeed.offload_optimizer", True))
-    out.append(("deepspeed.offload_params", True))
-    workers = "actor.num_workers" if hasattr(stage, "actor") else "scaling.num_workers"
-    current = stage.actor.num_workers if hasattr(stage, "actor") else stage.scaling.num_workers
-    out.append((workers, current * 2))
+        out.insert(0, {"placement": "separate"})
+    out.append({"deepspeed.activation_checkpointing": True})
+    schedule = getattr(stage, "schedule", None)
+    if schedule is not None and schedule.micro_batch_size > 1:
+        half = {
+            "schedule.micro_batch_size": schedule.micro_batch_size // 2,
+            "schedule.grad_accum": schedule.grad_accum * 2,
+        }
+        out.append(half)
+    out.append({"deepspeed.offload_optimizer": True})
+    out.append({"deepspeed.offload_params": True})
+    group = "actor" if hasattr(stage, "actor") else "scaling"
+    out.append({f"{group}.num_workers": getattr(stage, group).num_workers * 2})
     return out
 
 
 def cheapest_fix(name: str, stages: dict[str, Any], cluster: Cluster, mfu: float) -> str:
-    """The first candidate change (applied on top of the ones before it) after which the stage fits."""
-    stage = stages[name]
+    """The first single change after which the stage fits, else the shortest run of changes, in candidate order."""
+    options = candidates(stages[name])
+    for change in options:
+        found = _fits_with(name, stages, change, cluster, mfu)
+        if found:
+            return found
     applied: dict[str, Any] = {}
-    for path, value in candidates(stage):
+    for change in options:
+        applied.update(change)
+        found = _fits_with(name, stages, applied, cluster, mfu)
+        if found:
+            return found
+    return (
+        "No ZeRO stage, recomputation, smaller micro-batch, offload or doubling of workers fits it: use a device "
+        "with more memory or a smaller model."
+    )
+
+
+def _fits_with(name: str, stages: dict[str, Any], changes: dict[str, Any], cluster: Cluster, mfu: float) -> str:
+    """'Cheapest fix: --set …' if the stage fits with `changes` (invalid combinations are skipped), else ''."""
+    stage, used = stages[name], {}
+    for path, value in changes.items():
         try:
             stage = with_value(stage, path, value)
-        except ValueError:  # e.g. offload_params before ZeRO-3: the next candidates get there
+        except ValueError:  # e.g. offload_params before ZeRO-3
             continue
-        applied[path] = str(value).lower() if isinstance(value, bool) else value
-        est = estimate_pipeline({**stages, name: stage}, cluster, mfu)[name]
-        if isinstance(est, Estimate) and not problems(name, {**stages, name: stage}, est, cluster, mfu):
-            sets = " ".join(f"--set {name}.{path}={value}" for path, value in applied.items())
-            return f"Cheapest fix: {sets} (then {est.total_gib_per_gpu:.1f} GiB per GPU)."
-    return "No ZeRO stage, recomputation, offload or doubling of workers fits it: use a device with more memory."
+        used[path] = str(value).lower() if isinstance(value, bool) else value
+    if not used:
+        return ""
+    changed = {**stages, name: stage}
+    est = estimate_pipeline(changed, cluster, mfu)[name]
+    if not isinstance(est, Estimate) or problems(name, changed, est, cluster, mfu, with_fix=False):
+        return ""
+    sets = " ".join(f"--set {name}.{path}={value}" for path, value in used.items())
+    return f"Cheapest fix: {sets} (then {est.total_gib_per_gpu:.1f} GiB per GPU)."
 
 
 def with_value(stage: Any, path: str, value: Any) -> Any:
