@@ -86,9 +86,15 @@ def plan(spec: str, overrides: tuple[str, ...], cluster_shape: str | None, addre
 @click.option("--no-wait", is_flag=True, help="Return after submitting instead of following the run.")
 @click.option("--logs", "stream_logs", is_flag=True, help="Stream the job log instead of the live stage table.")
 @click.option("--quiet", is_flag=True, help="Show neither the job log nor the stage table while waiting.")
+@click.option(
+    "--dry-run", is_flag=True,
+    help="Run no stage: reserve each stage's placement groups on the cluster, report where every role lands, release "
+    "them. Works on a cluster whose nodes only declare GPUs (python -m cluster.multinode up --worker-gpus 4).",
+)  # fmt: skip
 def submit(
-    spec: str, overrides: tuple[str, ...], address: str | None, no_wait: bool, stream_logs: bool, quiet: bool
-) -> None:
+    spec: str, overrides: tuple[str, ...], address: str | None, no_wait: bool, stream_logs: bool, quiet: bool,
+    dry_run: bool,
+) -> None:  # fmt: skip
     """Run a pipeline as a Ray job; re-submitting the same spec resumes it.
 
     While it runs, a terminal shows a live table of the stages; `--logs` (and any non-terminal output, such as
@@ -97,7 +103,7 @@ def submit(
     from cli.render import console, follow_live, print_summary
     from cluster import runs
 
-    sub = runs.submit(spec, overrides, address, wait=False)
+    sub = runs.submit(spec, overrides, address, wait=False, dry_run=dry_run)
     click.echo(f"run {sub.run_id}: job {sub.job_id} submitted")
     click.echo(f"dashboard: {sub.target.dashboard_url}/#/jobs/{sub.job_id}")
     if no_wait:

@@ -121,6 +121,8 @@ SUMMARY_KEYS = ("vocab_size", "step", "train_loss", "eval_loss", "tokens_per_s",
 
 def _produced(stage: dict[str, Any]) -> str:
     metrics = stage.get("metrics", {})
+    if "placement" in metrics:  # a --dry-run: where each role's bundles were placed
+        return placement_text(metrics["placement"]) or "nothing to place (runs as Ray tasks)"
     rows = metrics.get("rows")
     parts = [f"rows {k}={v}" for k, v in rows.items() if k != "by_reason"] if isinstance(rows, dict) else []
     for key in SUMMARY_KEYS:
@@ -128,6 +130,14 @@ def _produced(stage: dict[str, Any]) -> str:
         if value is not None:
             parts.append(f"{key}={round(value, 4) if isinstance(value, float) else value}")
     return (" ".join(parts) + "\n" if parts else "") + stage["uri"]
+
+
+def placement_text(placement: dict[str, list[str]]) -> str:
+    """'role: 4 on node 1a2b3c4d, 4 on node 5e6f7a8b' per line, nodes in the order bundles landed."""
+    from collections import Counter
+
+    return "\n".join(f"{role}: " + ", ".join(f"{n} on node {node[:8]}" for node, n in Counter(nodes).items())
+                     for role, nodes in placement.items())  # fmt: skip
 
 
 def print_runs(jobs) -> None:

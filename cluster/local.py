@@ -89,6 +89,7 @@ class WorkerNode:
     resources: dict[str, float] | None = None
     labels: dict[str, str] | None = None
     env: dict[str, str] | None = None
+    num_gpus: int = 0  # GPUs the node declares to Ray (a simulated GPU node has none: nothing may use CUDA there)
 
 
 _handed_out: set[int] = set()
@@ -187,7 +188,7 @@ def join(node: WorkerNode) -> WorkerNode:
     """Start a worker node and return once `ray start` reports it running (its raylet registered with the head)."""
     cmd = [
         _ray_cli(), "start", f"--address={node.gcs_address}",
-        f"--num-cpus={node.num_cpus}",
+        f"--num-cpus={node.num_cpus}", f"--num-gpus={node.num_gpus}",
         f"--dashboard-agent-listen-port={node.agent_port}",
         f"--temp-dir={node.temp_dir}",
         "--disable-usage-stats",

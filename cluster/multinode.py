@@ -5,6 +5,7 @@ resources and node labels, all on loopback. The smallest cluster where placement
     llmctl submit pipelines/examples/tiny.yaml --address http://127.0.0.1:<dashboard port>
     python -m cluster.multinode status|down [--root /tmp/llmctl-mn]
     python -m cluster.multinode lose-worker|add-worker [--root /tmp/llmctl-mn]   # a machine lost, a replacement
+    python -m cluster.multinode up --workers 2 --worker-gpus 4 --accelerator-type H100   # a simulated GPU cluster
 
 Nodes carry the label `llmctl.io/role` (`head` or `worker`) and a custom resource (`llmctl_head: 1`,
 `llmctl_worker_<i>: 1`), so a task or actor can be pinned with `label_selector={"llmctl.io/role": "worker"}`
@@ -60,8 +61,15 @@ class MultiNode:
         return cls(data["root"], local.LocalHead(**data["head"]), workers)
 
 
-def plan(root: str, workers: int = 1, head_cpus: int = 4, worker_cpus: int = 4) -> MultiNode:
-    """Ports, directories, resources and labels of a cluster under `root` (nothing started)."""
+def plan(root: str, workers: int = 1, head_cpus: int = 4, worker_cpus: int = 4, worker_gpus: int = 0,
+         accelerator_type: str | None = None) -> MultiNode:  # fmt: skip
+    """Ports, directories, resources and labels of a cluster under `root` (nothing started).
+
+    `worker_gpus` makes it a simulated GPU cluster: each worker node declares that many GPUs (and, with
+    `accelerator_type`, Ray's `accelerator_type:<type>` resource, as a real GPU node reports it) that it does not
+    have. Placement groups and plans are real there; anything that touches CUDA is not (`llmctl submit --dry-run`).
+    """
+    gpu_type = {f"accelerator_type:{accelerator_type}": 1} if accelerator_type and worker_gpus else {}
     head = local.LocalHead(
         **{name: local.free_port() for name in ("port", "dashboard_port", "client_port", "agent_port")},
         temp_dir=os.path.join(root, "head"), num_cpus=head_cpus, node_ip="127.0.0.1",
@@ -74,9 +82,10 @@ def plan(root: str, workers: int = 1, head_cpus: int = 4, worker_cpus: int = 4) 
             temp_dir=os.path.join(root, f"w{i}"),
             agent_port=local.free_port(),
             num_cpus=worker_cpus,
-            resources={WORKER_RESOURCE.format(i): 1},
+            resources={WORKER_RESOURCE.format(i): 1, **gpu_type},
             labels={ROLE_LABEL: "worker"},
             env=local.own_serve_ports(),
+            num_gpus=worker_gpus,
         )
         for i in range(workers)
     )
@@ -186,8 +195,8 @@ def _describe(cluster: MultiNode) -> str:
     for n in alive_nodes(cluster.dashboard_url):
         role = n.get("labels", {}).get(ROLE_LABEL, "?")
         custom = {k: v for k, v in n.get("resources_total", {}).items() if k.startswith("llmctl")}
-        cpus = n.get("resources_total", {}).get("CPU")
-        lines.append(f"  {role:7s} {n['node_id'][:12]}  CPU={cpus}  {custom}")
+        cpus, gpus = n.get("resources_total", {}).get("CPU"), n.get("resources_total", {}).get("GPU", 0)
+        lines.append(f"  {role:7s} {n['node_id'][:12]}  CPU={cpus}  GPU={gpus}  {custom}")
     return "\n".join(lines)
 
 
@@ -198,12 +207,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="worker nodes beside the head (up)")
     parser.add_argument("--head-cpus", type=int, default=4, help="logical CPUs of the head (up)")
     parser.add_argument("--worker-cpus", type=int, default=4, help="logical CPUs of each worker node (up, add-worker)")
+    parser.add_argument("--worker-gpus", type=int, default=0,
+                        help="GPUs each worker node declares without having them: a simulated GPU cluster (up)")
+    parser.add_argument("--accelerator-type", default=None, help="their Ray accelerator type, e.g. H100 (up)")
     args = parser.parse_args(argv)
     try:
         if args.command == "up":
             if os.path.exists(state_file(args.root)):
                 raise ClusterError(f"a cluster is already recorded in {state_file(args.root)}; `down` it first.")
-            cluster = start(plan(args.root, args.workers, args.head_cpus, args.worker_cpus))
+            cluster = start(plan(args.root, args.workers, args.head_cpus, args.worker_cpus, args.worker_gpus,
+                                 args.accelerator_type))  # fmt: skip
         else:
             cluster = load(args.root)
         if args.command == "down":

@@ -84,15 +84,18 @@ def submit(
     address: str | None = None,
     wait: bool = True,
     on_log: Callable[[str], None] | None = None,
+    dry_run: bool = False,
 ) -> Submission:
-    """Validate, plan, submit as a Ray job; with `wait`, follow it and raise JobFailed unless it succeeds."""
+    """Validate, plan, submit as a Ray job; with `wait`, follow it and raise JobFailed unless it succeeds.
+    A dry run reserves and releases every stage's placement groups instead of running the stages."""
     p = make_plan(path, overrides)
     target = jobs.resolve_target(address)
     check_fits(path, overrides, read_cluster(target))
     run_uri = write_run_record(p)
     metadata = {"pipeline": p.pipeline, "stages": ",".join(s.name for s in p.stages), "run_uri": run_uri}
     env = {**storage.job_env(), **key_digest_env(p)}
-    job_id = jobs.submit(target, p.run_id, f"python -m jobs.driver {run_uri}", metadata, env)
+    entrypoint = f"python -m jobs.driver {run_uri}" + (" --dry-run" if dry_run else "")
+    job_id = jobs.submit(target, p.run_id, entrypoint, metadata, env)
     sub = Submission(p.run_id, job_id, target, p)
     if wait:
         follow(sub, on_log)

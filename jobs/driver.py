@@ -1,10 +1,12 @@
 """The Ray job's entrypoint: execute a plan stage by stage.
 
-    python -m jobs.driver <run_uri>
+    python -m jobs.driver <run_uri> [--dry-run]
 
 `<run_uri>/plan.json` is written by `llmctl submit`. A stage whose `_SUCCESS` marker exists is skipped; any
 other stage starts from an empty output directory (only `_state/`, e.g. training checkpoints, survives), runs,
 and is committed by writing the marker last. A killed job therefore resumes at the first unfinished stage.
+With --dry-run no stage runs: each one's placement groups are reserved and released (jobs.placement), and the
+summary says where every role would land.
 """
 
 from __future__ import annotations
@@ -27,10 +29,12 @@ from pipelines.spec import Pipeline
 log = logging.getLogger("llmctl")
 
 
-def main(run_uri: str) -> int:
+def main(run_uri: str, dry_run: bool = False) -> int:
     _plain_log_lines()
     plan = Plan.from_json(storage.read_json(storage.join(run_uri, "plan.json")))
     pipeline = Pipeline.model_validate(plan.spec)
+    if dry_run:
+        return place_stages(plan, pipeline)
     outputs: dict[str, StageOutput] = {}
     summary: list[dict[str, Any]] = []
     for stage in plan.stages:
@@ -42,6 +46,25 @@ def main(run_uri: str) -> int:
         summary.append({"stage": stage.name, "kind": stage.kind, "outcome": outcome, "uri": stage.uri,
                         "metrics": outputs[stage.name].marker.get("metrics", {})})  # fmt: skip
     print(SUMMARY_PREFIX + json.dumps({"run_id": plan.run_id, "stages": summary}, default=str), flush=True)
+    return 0
+
+
+def place_stages(plan: Plan, pipeline: Pipeline) -> int:
+    """--dry-run: every stage's placement groups, reserved on the cluster and released; no stage runs."""
+    from jobs.placement import dry_run
+
+    _connect()
+    summary: list[dict[str, Any]] = []
+    for stage in plan.stages:
+        try:
+            metrics = dry_run(stage.name, pipeline.stages[stage.name])
+        except LlmctlError as exc:
+            print(f"error: stage {stage.name} failed: {exc}", file=sys.stderr, flush=True)
+            return 1
+        log.info(f"[{stage.name}] placed: {metrics['placement'] or 'nothing to place (Ray tasks)'}")
+        summary.append({"stage": stage.name, "kind": stage.kind, "outcome": "placed", "uri": stage.uri,
+                        "metrics": metrics})  # fmt: skip
+    print(SUMMARY_PREFIX + json.dumps({"run_id": plan.run_id, "stages": summary, "dry_run": True}), flush=True)
     return 0
 
 
@@ -117,6 +140,6 @@ def _clear_outputs(uri: str) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m jobs.driver <run_uri>")
-    sys.exit(main(sys.argv[1]))
+    if len(sys.argv) not in (2, 3) or sys.argv[2:] not in ([], ["--dry-run"]):
+        sys.exit("usage: python -m jobs.driver <run_uri> [--dry-run]")
+    sys.exit(main(sys.argv[1], dry_run=sys.argv[2:] == ["--dry-run"]))

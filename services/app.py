@@ -94,14 +94,17 @@ def autoscaling_config(autoscaling: Autoscaling) -> dict[str, Any]:
 
 
 def placement(stage: ServeStage) -> dict[str, Any]:
-    """LLMConfig placement: CPU replicas reserve exactly cpus_per_replica; GPU replicas one GPU per TP rank."""
+    """LLMConfig placement: CPU replicas reserve exactly cpus_per_replica; GPU replicas one GPU per TP rank, all on
+    one node (STRICT_PACK: Serve LLM's default, PACK, lets a tensor-parallel replica straddle nodes when no single
+    node has room, and its all-reduce would then cross the network every layer)."""
     p = stage.placement
     if p.use_gpu:
+        tp = stage.engine.tensor_parallel_size
         return {
             "accelerator_type": p.accelerator_type,
             "accelerator_config": {"kind": "gpu"},
             "ray_actor_options": {"num_cpus": p.cpus_per_replica},
-            "placement_group_config": None,  # Serve LLM's default: one {"GPU": 1} bundle per TP rank
+            "placement_group_config": {"bundles": [{"GPU": 1.0} for _ in range(tp)], "strategy": "STRICT_PACK"},
         }
     return {
         "accelerator_type": None,

@@ -71,7 +71,8 @@ def test_cpu_replicas_reserve_exactly_their_cpus_gpu_replicas_their_gpus():
     assert cpu["deployment_config"]["ray_actor_options"] == {"num_cpus": 0}
     gpu = app.llm_config_kwargs(record(placement={"use_gpu": True, "accelerator_type": "A10G"}))
     assert gpu["accelerator_config"] == {"kind": "gpu"} and gpu["accelerator_type"] == "A10G"
-    assert gpu["placement_group_config"] is None and gpu["deployment_config"]["ray_actor_options"] == {"num_cpus": 1.0}
+    assert gpu["placement_group_config"] == {"bundles": [{"GPU": 1.0}], "strategy": "STRICT_PACK"}
+    assert gpu["deployment_config"]["ray_actor_options"] == {"num_cpus": 1.0}
 
 
 def test_autoscaling_and_rollout_reach_the_deployment():
