@@ -105,3 +105,16 @@ def test_a_replica_bigger_than_any_node_is_refused_before_anything_is_submitted(
         runs.submit(spec(tmp_path, "PACK", "separate", tp=8), address=gpu_cluster.dashboard_url, dry_run=True)
     assert ("stages.serve: one worker (or tensor-parallel replica) needs 8 GPUs on one node; the largest node has 4"
             in str(err.value))  # fmt: skip
+
+
+def test_plan_reads_the_running_clusters_gpus_and_their_type_from_ray(gpu_cluster, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from cli.main import main
+
+    args = ["plan", spec(tmp_path, "PACK", "separate"), "--address", gpu_cluster.dashboard_url, "--json"]
+    out = json.loads(CliRunner().invoke(main, args, catch_exceptions=False).output)
+    assert out["cluster"]["gpus"] == 8 and out["cluster"]["device"] == "H100-80GB" and out["fits"] is True
+    assert out["stages"]["pretrain"]["estimate"]["gpus"] == 8 and out["stages"]["serve"]["estimate"]["gpus"] == 8
