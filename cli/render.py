@@ -36,7 +36,7 @@ def print_estimates(cluster, estimates: dict[str, Any], problems: list[str]) -> 
             table.add_row(name, est, *[""] * 6)
             continue
         total = f"{est.total_gib_per_gpu:.1f}" + ("" if est.on_gpu else " (CPU)")
-        table.add_row(name, _count(est.params), f"{est.model_states_gib:.1f}",
+        table.add_row(name, _count(est.params) if est.model_known else "unknown", f"{est.model_states_gib:.1f}",
                       f"{est.activations_gib:.1f} ({est.activations_ckpt_gib:.1f})", f"{est.vllm_gib:.1f}", total,
                       str(est.gpus), "-" if est.hours is None else f"{est.hours:.2f}")  # fmt: skip
     console.print(table)

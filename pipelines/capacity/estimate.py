@@ -7,7 +7,7 @@ kinds to estimators by their spec's base class. Stages that run on CPUs only (cu
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from pipelines.capacity import memory
@@ -17,6 +17,9 @@ from pipelines.capacity.models import shape_of
 from pipelines.spec.base import vllm_memory_fraction
 
 DEFAULT_MFU = 0.40
+# The shape used when a stage's model cannot be read at plan time (an s3:// directory): no memory, no FLOPs, but
+# the GPUs and bundles the stage asks for are still checked against the cluster.
+UNKNOWN_SHAPE = Shape(vocab=0, hidden=0, layers=0, heads=1, kv_heads=1, intermediate=0)
 
 
 @dataclass(frozen=True)
@@ -52,9 +55,12 @@ class Estimate:
     bundle_gpus: float = 0.0
     vllm_min_gib: float = 0.0
     roles: dict[str, dict[str, Any]] = field(default_factory=dict)
+    model_known: bool = True  # False: sizes unknown at plan time, only GPU counts and bundles are estimated
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
+        if not self.model_known:
+            out["params"] = None
         for key in ("model_states_gib", "activations_gib", "activations_ckpt_gib", "vllm_gib", "total_gib_per_gpu"):
             out[key] = round(out[key], 2)
         out["hours"] = None if self.hours is None else round(self.hours, 3)
@@ -152,5 +158,6 @@ def estimate_pipeline(stages: dict[str, Any], cluster: Cluster | None, mfu: floa
             out[name] = "CPU only"
             continue
         shape = shape_of(stages, kinds.model_ref(stage, name))
-        out[name] = estimator(stage, shape, stages, device, mfu) if shape else "model size unknown (no local config)"
+        est = estimator(stage, shape or UNKNOWN_SHAPE, stages, device, mfu)
+        out[name] = est if shape else replace(est, model_known=False)
     return out

@@ -137,3 +137,13 @@ def test_bad_cluster_input_is_one_message_exit_2(tmp_path):
                            ("8-H100", "--cluster: '8-H100' is not a cluster shape")):  # fmt: skip
         result = cli("plan", spec, "--cluster", shape)
         assert result.exit_code == 2 and f"error: {message}" in result.output, result.output
+
+
+def test_a_model_the_plan_cannot_read_still_has_its_gpus_and_bundles_checked(tmp_path):
+    """An s3:// model is not read at plan time: no memory figures, but a replica bigger than any node is refused."""
+    spec = gpu_spec(tmp_path, serve="engine: {tensor_parallel_size: 8}")
+    pipeline = plan.resolve(load.load(spec, ("serve.model=s3://models/chat",)))
+    serve = estimate.estimate_pipeline(pipeline.stages, parse("4x4xL40S"))["serve"]
+    assert serve.model_known is False and serve.to_json()["params"] is None and serve.gpus == 16
+    with pytest.raises(CapacityError, match=r"stages.serve: one worker \(or tensor-parallel replica\) needs 8 GPUs"):
+        fit.check(pipeline.stages, parse("4x4xL40S"))
