@@ -50,7 +50,7 @@ def validate(spec: str, overrides: tuple[str, ...], cluster_shape: str | None, a
     p = runs.make_plan(spec, overrides)
     shape = runs.cluster_shape(cluster_shape, address)
     if shape is not None:
-        runs.check_fits(spec, overrides, shape)
+        runs.check_fits(p, shape)
     fits = f"; fits {shape.label}" if shape is not None else ""
     names = ", ".join(s.name for s in p.stages)
     click.echo(f"ok: {spec} — pipeline '{p.pipeline}', {len(p.stages)} stages ({names}){fits}")
@@ -70,11 +70,12 @@ def plan(spec: str, overrides: tuple[str, ...], cluster_shape: str | None, addre
 
     p = runs.make_plan(spec, overrides)
     shape = runs.cluster_shape(cluster_shape, address)
-    found, problems = runs.estimates(spec, overrides, shape) if shape is not None else ({}, [])
+    found, problems = runs.estimates(p, shape) if shape is not None else ({}, [])
+    cached = runs.cached_stages(p)
     if as_json:
-        click.echo(json.dumps(plan_json(p, runs.cached_stages(p), shape, found, problems)))
+        click.echo(json.dumps(plan_json(p, cached, shape, found, problems)))
         return
-    print_plan(p, runs.cached_stages(p))
+    print_plan(p, cached)
     if shape is not None:
         print_estimates(shape, found, problems)
 

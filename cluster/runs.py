@@ -16,6 +16,7 @@ from pipelines.artifacts import SUMMARY_PREFIX
 from pipelines.capacity import devices
 from pipelines.capacity.devices import Cluster
 from pipelines.errors import JobFailed
+from pipelines.spec import Pipeline
 
 
 @dataclass
@@ -47,22 +48,20 @@ def read_cluster(target: jobs.Target) -> Cluster:
     return devices.from_ray_nodes(alive_nodes(target.dashboard_url))
 
 
-def estimates(path: str, overrides: tuple[str, ...], cluster: Cluster) -> tuple[dict[str, Any], list[str]]:
-    """Per-stage estimates on `cluster` and the problems that keep the plan from fitting it (empty if it fits)."""
-    from pipelines.capacity import estimate, fit
+def estimates(p: plan.Plan, cluster: Cluster) -> tuple[dict[str, Any], list[str]]:
+    """Per-stage estimates on `cluster` and the problems that keep the plan from fitting it (empty if it fits).
+    The plan's spec is the resolved pipeline (absolute paths), so the file is not read again."""
+    from pipelines.capacity import fit
 
-    pipeline = plan.resolve(load.load(path, overrides))
-    found = estimate.estimate_pipeline(pipeline.stages, cluster, pipeline.capacity.mfu)
-    problems = [p for name, est in found.items() if isinstance(est, estimate.Estimate)
-                for p in fit.problems(name, pipeline.stages, est, cluster, pipeline.capacity.mfu)]  # fmt: skip
-    return found, problems
+    pipeline = Pipeline.model_validate(p.spec)
+    return fit.assess(pipeline.stages, cluster, pipeline.capacity.mfu)
 
 
-def check_fits(path: str, overrides: tuple[str, ...], cluster: Cluster) -> None:
+def check_fits(p: plan.Plan, cluster: Cluster) -> None:
     """Raise CapacityError when a stage cannot run on `cluster`: nothing is submitted then."""
     from pipelines.capacity import fit
 
-    pipeline = plan.resolve(load.load(path, overrides))
+    pipeline = Pipeline.model_validate(p.spec)
     fit.check(pipeline.stages, cluster, pipeline.capacity.mfu)
 
 
@@ -90,7 +89,7 @@ def submit(
     A dry run reserves and releases every stage's placement groups instead of running the stages."""
     p = make_plan(path, overrides)
     target = jobs.resolve_target(address)
-    check_fits(path, overrides, read_cluster(target))
+    check_fits(p, read_cluster(target))
     run_uri = write_run_record(p)
     metadata = {"pipeline": p.pipeline, "stages": ",".join(s.name for s in p.stages), "run_uri": run_uri}
     env = {**storage.job_env(), **key_digest_env(p)}

@@ -53,21 +53,16 @@ def _train_group(scaling: Any) -> Group:
 def _rlhf_groups(spec: Any) -> list[Group]:
     """As jobs.rlhf.stage.start_roles places them: a group per role, or one shared pool when colocated; the
     rollout engines always in a group of their own."""
-    from jobs.rlhf.stage import resources
+    from jobs.rlhf.stage import engine_resources, resources, role_scalings
 
-    roles = {"actor": spec.actor, "reference": spec.reference}
-    if spec.kind == "ppo":
-        roles["critic"] = spec.critic
-    if spec.reward_model:
-        roles["reward"] = spec.reward
+    roles = role_scalings(spec)
     if spec.placement == "colocated":
         bundle = resources(spec.actor)
         out = [Group("+".join(roles), [dict(bundle) for _ in range(spec.actor.num_workers)], spec.actor.strategy)]
     else:
         out = [Group(name, [resources(s) for _ in range(s.num_workers)], s.strategy) for name, s in roles.items()]
     r = spec.rollout
-    engine = {"CPU": r.cpus_per_engine, **({"GPU": 1.0} if r.use_gpu else {})}
-    return [*out, Group("rollout engines", [dict(engine) for _ in range(r.num_engines)], "PACK")]
+    return [*out, Group("rollout engines", [engine_resources(r) for _ in range(r.num_engines)], "PACK")]
 
 
 def _serve_groups(spec: Any) -> list[Group]:

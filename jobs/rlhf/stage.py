@@ -91,6 +91,20 @@ def decoder(tokenizer: TokenizerInfo) -> Any:
     return lambda ids: tok.decode(ids, skip_special_tokens=True)
 
 
+def role_scalings(spec: RLHFStage) -> dict[str, Scaling]:
+    """The role worker groups a run starts, in start order, with their scaling (the rollout engines aside)."""
+    roles = {"actor": spec.actor, "reference": spec.reference}
+    if spec.kind == "ppo":
+        roles["critic"] = spec.critic
+    if spec.reward_model is not None:
+        roles["reward"] = spec.reward
+    return roles
+
+
+def engine_resources(rollout: Any) -> dict[str, float]:
+    return {"CPU": rollout.cpus_per_engine, **({"GPU": 1.0} if rollout.use_gpu else {})}
+
+
 def resources(scaling: Scaling) -> dict[str, float]:
     out = {"CPU": scaling.cpus_per_worker}
     if scaling.use_gpu:
@@ -138,15 +152,17 @@ def start_roles(
 ) -> Roles:
     """Every role's worker group, placed as `spec.placement` says, with its model loaded."""
     micro = spec.micro_batch_size
+    scalings = role_scalings(spec)
     plans: dict[str, tuple[type, Scaling, RoleSetup]] = {
         "actor": (ActorWorker, spec.actor, trainable_setup(spec, model_uri, spec.actor, spec.optim, stops, pad_id,
                                                            actor_loss=actor_loss(spec))),
         "reference": (ReferenceWorker, spec.reference, RoleSetup(model_uri, micro, spec.seed, pad_id)),
     }  # fmt: skip
-    if spec.kind == "ppo":
+    if "critic" in scalings:
         plans["critic"] = (CriticWorker, spec.critic, trainable_setup(
             spec, model_uri, spec.critic, spec.critic_optim, stops, pad_id, value_clip=spec.value_clip))  # fmt: skip
-    if isinstance(reward, str):
+    if "reward" in scalings:
+        assert isinstance(reward, str), "a reward_model stage's reward is its model directory"
         plans["reward"] = (RewardModelWorker, spec.reward, RoleSetup(reward, micro, spec.seed, pad_id))
     pool = None
     if spec.placement == "colocated":
@@ -159,10 +175,10 @@ def start_roles(
                 share=1.0 / len(plans), strategy=scaling.strategy, name=f"rlhf-{name}",
             )  # fmt: skip
         r = spec.rollout
-        engine_resources = {"CPU": r.cpus_per_engine, **({"GPU": 1.0} if r.use_gpu else {})}
+        setup = engine_setup(spec, model_uri, stops, pad_id)
         groups["engines"] = WorkerGroup(
-            ENGINES[r.backend], r.num_engines, engine_resources, kwargs={"setup": engine_setup(spec, model_uri, stops,
-            pad_id)}, name="rlhf-rollout", env=r.env, process_group=False,
+            ENGINES[r.backend], r.num_engines, engine_resources(r), kwargs={"setup": setup}, name="rlhf-rollout",
+            env=r.env, process_group=False,
         )  # fmt: skip
         pending = [g.setup.remote() for g in groups.values()]
         for call in pending:

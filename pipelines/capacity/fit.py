@@ -9,11 +9,17 @@ from pipelines.capacity.estimate import DEFAULT_MFU, Estimate, estimate_pipeline
 from pipelines.errors import CapacityError
 
 
-def check(stages: dict[str, Any], cluster: Cluster, mfu: float = DEFAULT_MFU) -> dict[str, Any]:
-    """The estimates, or CapacityError naming every stage that cannot run on `cluster` and its cheapest fix."""
+def assess(stages: dict[str, Any], cluster: Cluster, mfu: float = DEFAULT_MFU) -> tuple[dict[str, Any], list[str]]:
+    """The estimates, and one line per stage that cannot run on `cluster` with its cheapest fix (none if it fits)."""
     estimates = estimate_pipeline(stages, cluster, mfu)
     found = [p for name, est in estimates.items() if isinstance(est, Estimate)
              for p in problems(name, stages, est, cluster, mfu)]  # fmt: skip
+    return estimates, found
+
+
+def check(stages: dict[str, Any], cluster: Cluster, mfu: float = DEFAULT_MFU) -> dict[str, Any]:
+    """The estimates, or CapacityError naming every stage that cannot run on `cluster` and its cheapest fix."""
+    estimates, found = assess(stages, cluster, mfu)
     if found:
         raise CapacityError("the plan does not fit " + cluster.label + ":\n  " + "\n  ".join(found))
     return estimates
