@@ -21,10 +21,11 @@ from jobs.train.job import TrainJob
 from jobs.train.metrics import TensorBoard, Throughput, device_peak_flops, mfu
 from jobs.train.model import flops_per_token
 
-# Ray Train's controller collects one report per worker per health check (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s by
-# default) and a worker's report queue holds one, so a report sent sooner blocks the training thread until then:
-# reporting every 10 steps of a 0.1 s step left a worker idle over half the time. Metrics reports are therefore sent
-# at most this often; TensorBoard and the progress lines still get every log step, checkpoints always report.
+# Ray Train's controller collects one report per worker per health check (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S: 0.5 s as
+# jobs.train.launch sets it, Ray's default 2 s) and a worker's report queue holds one, so a report sent sooner blocks
+# the training thread until then: reporting every 10 steps of a 0.1 s step left a worker idle over half the time.
+# Metrics reports are therefore sent at most this often; TensorBoard and the progress lines still get every log
+# step, checkpoints always report.
 REPORT_INTERVAL_S = float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0"))
 
 
@@ -242,8 +243,10 @@ class TrainLoop:
         return {f"eval_{n}": float(total[i] / total[-1]) for i, n in enumerate(names)}
 
     def validation_batches(self) -> list[dict[str, Any]]:
-        """Up to `eval_batches` micro-batches of this worker's validation shard, kept in memory after the first
-        evaluation: re-running the Ray Data pipeline for every evaluation would cost more than the evaluation."""
+        """Up to `eval_batches` micro-batches of validation for this worker, kept in memory after the first
+        evaluation: re-running the Ray Data pipeline for every evaluation would cost more than the evaluation.
+        Every worker reads the whole (unsharded) split and keeps batches rank, rank + world, ...: the workers
+        together evaluate world × eval_batches distinct batches, as a sharded split would give them."""
         if self.eval_set is None:
             import ray.train
 
@@ -253,7 +256,8 @@ class TrainLoop:
                 dtypes=self.job.objective.batch_dtype(),
                 device=self.device,
             )
-            self.eval_set = list(islice(batches, self.job.schedule.eval_batches))
+            mine = islice(batches, self.rank, None, self.world)
+            self.eval_set = list(islice(mine, self.job.schedule.eval_batches))
         return self.eval_set
 
     def checkpoint(self, metrics: dict[str, Any]) -> None:
