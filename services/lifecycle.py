@@ -213,7 +213,7 @@ def _deployment_problems(app: Any) -> str:
     return "; ".join(f"{name}: {d.status.value} {d.message}".strip() for name, d in app.deployments.items())
 
 
-def wait_running(name: str, timeout_s: float, log: Log = print, poll_s: float = 2.0) -> None:
+def wait_running(name: str, timeout_s: float, log: Log = print, poll_s: float = 0.5) -> None:
     """Block until the app is RUNNING with every deployment HEALTHY (rollouts included); fail with Serve's words."""
     from ray import serve
 
@@ -251,7 +251,7 @@ def wait_http(url: str, timeout_s: float) -> None:
             pass
         if time.monotonic() > deadline:
             raise StageError(f"the application reports RUNNING but {url} did not answer 200 in {timeout_s:.0f}s")
-        time.sleep(1.0)
+        time.sleep(0.25)
 
 
 # ---- status / scale / down -------------------------------------------------------------------------------------

@@ -54,7 +54,7 @@ def run(address: str, argv: list[str], timeout_s: float = 600.0) -> dict[str, An
         if time.monotonic() > deadline:
             client.stop_job(job_id)
             raise ClusterError(f"`llmctl serve {argv[0]}` did not finish in {timeout_s:.0f}s (Ray job {job_id}).")
-        time.sleep(1.0)
+        time.sleep(0.2)
     return _result(client.get_job_logs(job_id), job_id)
 
 
