@@ -31,15 +31,21 @@ serve = click.Group("serve", help="Inspect, rescale or remove a Serve applicatio
 
 
 @serve.command()
-@click.argument("name")
+@click.argument("name", required=False)
 @address_option
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
-def status(name: str, address: str | None, as_json: bool) -> None:
-    """Application state, endpoint, and replicas per deployment."""
+def status(name: str | None, address: str | None, as_json: bool) -> None:
+    """Application state, endpoint, and replicas per deployment; without NAME, every application on the cluster
+    (and the model gateway, which answers every model at one base URL)."""
     from services import lifecycle
 
-    info = lifecycle.status(name, address)
-    click.echo(json.dumps(info, indent=2) if as_json else format_status(info))
+    info: Any = lifecycle.status(name, address) if name else lifecycle.status_all(address)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+    elif name:
+        click.echo(format_status(info))
+    else:
+        click.echo("\n".join(format_status(app) for app in info) or "No Serve applications on this cluster.")
 
 
 @serve.command()

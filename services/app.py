@@ -18,11 +18,20 @@ from typing import Any
 from pydantic import Field
 
 from pipelines.spec.base import Model, vllm_memory_fraction
-from pipelines.spec.serve import Autoscaling, Limits, ServeStage
+from pipelines.spec.serve import Autoscaling, Limits, Lora, ServeStage
 from services.auth import Guard
 
 SERVICES_DIR = os.path.dirname(os.path.abspath(__file__))
 SERVER_PREFIX = "LLMServer:"  # model deployments are named LLMServer:<model id>, as Serve LLM names them
+
+
+class Adapter(Model):
+    """A LoRA adapter served on an app's model under its own model id."""
+
+    path: str = Field(description="The adapter directory (adapter_config.json, adapter_model.safetensors).")
+    pipeline: str = Field(description="The pipeline whose serve stage attached it: its owner.")
+    rank: int = Field(description="Its LoRA rank (r in adapter_config.json).")
+    fingerprint: str = Field("", description="Hash of its files, so new weights at one path reload.")
 
 
 class AppRecord(Model):
@@ -33,9 +42,27 @@ class AppRecord(Model):
     model_source: str = Field(description="Absolute model directory or s3:// URI handed to vLLM.")
     model_fingerprint: str = Field("", description="Hash of the model files, so new weights at one path roll.")
     key_digests: tuple[str, ...] = Field((), description="SHA-256 digests of the accepted API keys.")
+    pipeline: str = Field("", description="The pipeline whose serve stage deployed the app: its owner.")
+    adapters: dict[str, Adapter] = Field(
+        default_factory=dict, description="LoRA adapters served on the app's model, by model id."
+    )
     runtime_env: dict[str, Any] = Field(
         default_factory=dict, description="The deploying job's runtime_env, reused so rebuilds match exactly."
     )
+
+    @property
+    def route_prefix(self) -> str:
+        return self.stage.http.prefix(self.name)
+
+    @property
+    def model_ids(self) -> list[str]:
+        """The OpenAI model ids the app answers to: its model's, then its adapters'."""
+        return [self.name, *sorted(self.adapters)]
+
+    @property
+    def lora(self) -> Lora | None:
+        """The LoRA serving settings (the stage's; an adapter's serve stage turns them on when it attaches)."""
+        return self.stage.lora
 
     def with_autoscaling(self, autoscaling: Autoscaling) -> AppRecord:
         stage = self.stage.model_copy(update={"autoscaling": autoscaling})
@@ -52,6 +79,14 @@ def model_fingerprint(model_dir: str) -> str:
             st = os.stat(os.path.join(root, f))
             entries.append((os.path.relpath(os.path.join(root, f), model_dir), st.st_size, st.st_mtime_ns))
     return _hash(sorted(entries))
+
+
+def lora_kwargs(lora: Lora | None) -> dict[str, Any]:
+    """vLLM's LoRA engine arguments: adapters per batch, and as many more kept in host memory."""
+    if lora is None:
+        return {}
+    return {"enable_lora": True, "max_loras": lora.max_adapters, "max_lora_rank": lora.max_rank,
+            "max_cpu_loras": 4 * lora.max_adapters}  # fmt: skip
 
 
 def engine_kwargs(stage: ServeStage) -> dict[str, Any]:
@@ -132,7 +167,7 @@ def llm_config_kwargs(record: AppRecord) -> dict[str, Any]:
     }
     return {
         "model_loading_config": {"model_id": record.name, "model_source": record.model_source},
-        "engine_kwargs": engine_kwargs(stage),
+        "engine_kwargs": {**engine_kwargs(stage), **lora_kwargs(record.lora)},
         "accelerator_type": where["accelerator_type"],
         "accelerator_config": where["accelerator_config"],
         "placement_group_config": where["placement_group_config"],
@@ -160,7 +195,7 @@ def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _code_fingerprint() -> str:
+def code_fingerprint() -> str:
     """The serving code itself: an llmctl upgrade must restart replicas even when the spec is unchanged."""
     names = sorted(f for f in os.listdir(SERVICES_DIR) if f.endswith(".py"))
     return _hash([(f, Path(SERVICES_DIR, f).read_bytes().hex()) for f in names])
@@ -175,17 +210,18 @@ def version(record: AppRecord) -> str:
     ceiling for requests without one (`output_ceiling`), so changing it restarts the replicas.
     """
     stage = record.stage.model_dump(
-        exclude={"autoscaling", "http", "deploy_timeout_s", "probe_requests", "api_key_env", "api_keys", "limits"}
+        exclude={"autoscaling", "http", "deploy_timeout_s", "probe_requests", "api_key_env", "api_keys", "limits",
+                 "lora", "base_app"}
     )
-    ceiling = record.stage.limits.max_tokens
+    ceiling, lora = record.stage.limits.max_tokens, record.lora
     return _hash([stage, ceiling, record.model_source, record.model_fingerprint, record.runtime_env,
-                  _code_fingerprint()])  # fmt: skip
+                  lora.model_dump() if lora else None, code_fingerprint()])  # fmt: skip
 
 
 def fingerprint(record: AppRecord) -> str:
     """Everything a deploy of `record` puts in the cluster: the record and the serving code (an upgrade redeploys).
     Stored with an app once it serves, so an unchanged resubmit confirms the app instead of rebuilding it."""
-    return _hash([record.model_dump(mode="json"), _code_fingerprint()])
+    return _hash([record.model_dump(mode="json"), code_fingerprint()])
 
 
 def _finalized(app: Any, version: str, env: dict[str, Any], user_config: dict[str, Any]) -> Any:
@@ -216,4 +252,10 @@ def build_app(record: AppRecord) -> Any:
     config = LLMConfig(**llm_config_kwargs(record))
     # serve.ingress() without an app: the replica builds its ASGI app once the engine runs (__serve_build_asgi_app__)
     deployment = build_llm_deployment(config, name_prefix=SERVER_PREFIX, deployment_cls=serve.ingress()(LlmctlServer))
-    return _finalized(deployment, version(record), runtime_env(record), guard(record).to_config())
+    return _finalized(deployment, version(record), runtime_env(record), user_config(record))
+
+
+def user_config(record: AppRecord) -> dict[str, Any]:
+    """What the replicas take in place, without a restart (LlmctlServer.reconfigure): the guard and the adapters."""
+    adapters = {name: adapter.model_dump(include={"path", "fingerprint"}) for name, adapter in record.adapters.items()}
+    return {**guard(record).to_config(), "adapters": adapters}

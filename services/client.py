@@ -19,6 +19,7 @@ def usage(endpoint: str, model: str, dashboard_url: str | None = None, api_key_e
     """Endpoint, dashboard and a copy-paste curl for a freshly deployed app."""
     auth = f' \\\n  -H "Authorization: Bearer ${api_key_env}"' if api_key_env else ""
     lines = [f"Endpoint:  {endpoint}  (OpenAI-compatible; model id '{model}')"]
+    lines.append(f"Gateway:   {gateway_url(endpoint)}  (every model on this cluster, picked by its model id)")
     lines.append(f"Chat page: {endpoint.rstrip('/').removesuffix('/v1')}/  (in a browser)")
     if dashboard_url:
         lines.append(f"Dashboard: {dashboard_url.rstrip('/')}/#/serve")
@@ -29,6 +30,14 @@ def usage(endpoint: str, model: str, dashboard_url: str | None = None, api_key_e
         f'  -d \'{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello!"}}]}}\'',
     ]
     return "\n".join(lines)
+
+
+def gateway_url(endpoint: str) -> str:
+    """The cluster's shared OpenAI base URL (services.gateway) on the proxy that serves `endpoint`."""
+    from urllib.parse import urlparse
+
+    parts = urlparse(endpoint)
+    return f"{parts.scheme}://{parts.netloc}/v1"
 
 
 def ask(endpoint: str, model: str, question: str, api_key: str | None = None, max_tokens: int = 64) -> str:

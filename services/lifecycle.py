@@ -20,13 +20,18 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
+
 from pipelines.errors import ClusterError, SpecError, StageError
+from pipelines.spec.serve import GATEWAY_APP
 from services import remote
-from services.app import SERVER_PREFIX, AppRecord, build_app, fingerprint
+from services.app import SERVER_PREFIX, AppRecord, build_app, code_fingerprint, fingerprint
 
 KV_NAMESPACE = "llmctl"
+GATEWAY_KEY = b"gateway/version"
 Log = Callable[[str], None]
 
 
@@ -79,10 +84,87 @@ def _served(name: str) -> dict[str, str]:
     return json.loads(raw) if raw is not None else {}
 
 
+def records() -> dict[str, AppRecord]:
+    """Every llmctl app recorded on this cluster, by name."""
+    from ray.experimental import internal_kv
+
+    names = {key.decode().split("/")[1] for key in internal_kv._internal_kv_list("serve/", namespace=KV_NAMESPACE)}
+    found = {}
+    for name in sorted(names):
+        raw = internal_kv._internal_kv_get(_kv_key(name), namespace=KV_NAMESPACE)
+        if raw is None:
+            continue
+        try:
+            found[name] = AppRecord.model_validate_json(raw)
+        except ValidationError:  # a record an older llmctl wrote (its app at '/'): not routed to
+            continue
+    return found
+
+
+@dataclass(frozen=True)
+class ModelRoute:
+    """Where the gateway sends a model's requests: its app, that app's base URL, and the keys the app accepts."""
+
+    app: str
+    endpoint: str
+    key_digests: tuple[str, ...]
+
+
+def routes() -> dict[str, ModelRoute]:
+    """Every model id served on this cluster, once its app's deploy has finished (its served marker)."""
+    table = {}
+    for name, record in records().items():
+        endpoint = _served(name).get("endpoint")
+        if endpoint:
+            table.update({model: ModelRoute(name, endpoint, record.key_digests) for model in record.model_ids})
+    return table
+
+
+def app_serving(model_source: str) -> AppRecord | None:
+    """The llmctl app on this cluster whose model is `model_source` (the same directory), if there is one."""
+    wanted = _same_place(model_source)
+    return next((r for r in records().values() if _same_place(r.model_source) == wanted), None)
+
+
+def _same_place(uri: str) -> str:
+    return uri.rstrip("/") if "://" in uri else os.path.realpath(uri)
+
+
+def check_owner(record: AppRecord, stage: str = "serve", model: str | None = None) -> None:
+    """Refuse a deploy that would take over another pipeline's app, model id or route prefix, before anything is
+    touched: Serve itself would roll the other pipeline's app over to this model (same name) or fail mid-deploy.
+    `model` is the model id the stage serves: the app's own, or a LoRA adapter's it attaches to the app."""
+    field, model = f"stages.{stage}", model or record.name
+    for name, other in records().items():
+        owner = f"pipeline '{other.pipeline or '?'}'"
+        if name == record.name:
+            theirs = other.adapters.get(model) if model != record.name else other
+            mine = record.adapters[model].pipeline if model != record.name else record.pipeline
+            if theirs is not None and theirs.pipeline != mine:
+                what = f"the Serve application '{name}'" if model == name else f"the LoRA adapter '{model}' of '{name}'"
+                raise StageError(
+                    f"{field}.name: {what} on this cluster belongs to pipeline '{theirs.pipeline or '?'}' (it serves "
+                    f"{getattr(theirs, 'model_source', None) or theirs.path}), not to pipeline '{mine}'. Give this "
+                    f"{'app' if model == name else 'adapter'} another name (`--set {stage}.name=...`), or remove that "
+                    f"one first with `llmctl serve down {model}`."
+                )
+            continue
+        if model in other.model_ids:
+            raise StageError(
+                f"{field}.name: model id '{model}' is already served by the app '{name}' of {owner}; clients "
+                f"pick models by id, so two apps cannot share one. Rename this one (`--set {stage}.name=...`)."
+            )
+        if model == record.name and other.route_prefix == record.route_prefix:
+            raise StageError(
+                f"{field}.http.route_prefix: '{record.route_prefix}' is the route of the app '{name}' of {owner}. "
+                f"Set stages.{stage}.http.route_prefix to another prefix, or leave it unset (/<app name>)."
+            )
+
+
 def _app_names() -> list[str]:
     from ray import serve
 
-    return sorted(serve.status().applications)
+    return sorted(a for a in serve.status().applications if a != GATEWAY_APP)
 
 
 def start_serve(host: str, port: int, log: Log, stage: str = "serve") -> tuple[str, int]:
@@ -130,11 +212,17 @@ def check_port(stage: str, host: str, port: int) -> None:
     field = f"stages.{stage}.http.port"
     use_free = f"set {field} to a free port (`--set {stage}.http.port={next_free_port(host, port)}`)"
     apps = served_models(f"http://{_local(host)}:{port}")
-    if apps:
+    if len(apps) == 1:
         raise StageError(
             f"{field}: {host}:{port} is already taken by the llmctl app '{apps[0]}' (the Serve proxy of another "
             f"Ray cluster on this machine). Either {use_free}, or remove that app with `llmctl serve down "
             f"{apps[0]}` on its cluster."
+        )
+    if apps:
+        raise StageError(
+            f"{field}: {host}:{port} is already taken by the llmctl apps {', '.join(repr(a) for a in apps)} (the "
+            f"Serve proxy of another Ray cluster on this machine). Either {use_free}, or remove those apps with "
+            "`llmctl serve down NAME` on their cluster."
         )
     raise StageError(
         f"{field}: {host}:{port} is already taken by another process, so Serve's proxy cannot listen there. "
@@ -161,24 +249,46 @@ def endpoint_url(host: str, port: int, route_prefix: str) -> str:
     return f"http://{host}:{port}{route_prefix.rstrip('/')}/v1"
 
 
-def deploy(record: AppRecord, log: Log = print, stage: str = "serve") -> dict[str, Any]:
+def deploy(record: AppRecord, log: Log = print, stage: str = "serve", model: str | None = None) -> dict[str, Any]:
     """Deploy (or roll) the application, wait until it serves, and describe it. `stage` names the serve stage in
-    errors about its fields."""
+    errors about its fields; `model` is the model id it serves (a LoRA adapter's, when it attaches one)."""
     from ray import serve
 
     http = record.stage.http
+    check_owner(record, stage, model)
     host, port = start_serve(http.host, http.port, log, stage)
     started = time.monotonic()
-    target = serve.RunTarget(target=build_app(record), name=record.name, route_prefix=http.route_prefix)
-    serve.run_many([target], wait_for_applications_running=False)
+    target = serve.RunTarget(target=build_app(record), name=record.name, route_prefix=record.route_prefix)
+    serve.run_many([target, *gateway_target(record.runtime_env)], wait_for_applications_running=False)
     save_record(record)
     wait_running(record.name, record.stage.deploy_timeout_s, log)
-    endpoint = endpoint_url(host, port, http.route_prefix)
+    endpoint = endpoint_url(host, port, record.route_prefix)
     wait_http(endpoint.removesuffix("/v1") + "/health", timeout_s=120.0)
     summary = status(record.name)
     mark_served(record, summary["endpoint"])
+    wait_running(GATEWAY_APP, 120.0, log)
     summary["deploy_s"], summary["unchanged"] = round(time.monotonic() - started, 1), False
     return summary
+
+
+def gateway_target(runtime_env: dict[str, Any]) -> list[Any]:
+    """The gateway app (services.gateway) to deploy beside an app, unless this code's gateway already runs: one
+    replica, no CPU reserved, versioned by the serving code, so an unchanged gateway is never restarted."""
+    from ray import serve
+    from ray.experimental import internal_kv
+
+    version = code_fingerprint()
+    running = serve.status().applications.get(GATEWAY_APP)
+    deployed = internal_kv._internal_kv_get(GATEWAY_KEY, namespace=KV_NAMESPACE)
+    if running is not None and running.status.value == "RUNNING" and deployed == version.encode():
+        return []
+    from services.gateway import Gateway
+
+    internal_kv._internal_kv_put(GATEWAY_KEY, version, overwrite=True, namespace=KV_NAMESPACE)
+    deployment = serve.deployment(Gateway, name="Gateway", num_replicas=1, max_ongoing_requests=1000,
+                                  ray_actor_options={"num_cpus": 0, "runtime_env": runtime_env})  # fmt: skip
+    deployment = deployment.options(version=version, _internal=True)  # Serve's own is random per deploy
+    return [serve.RunTarget(target=deployment.bind(), name=GATEWAY_APP, route_prefix="/")]
 
 
 def confirm_unchanged(record: AppRecord) -> dict[str, Any] | None:
@@ -338,6 +448,18 @@ def _summarize_deployment(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def status(name: str, address: str | None = None) -> dict[str, Any]:
+    return summarize(serve_details(address), name, host_fallback=_host(address))
+
+
+def status_all(address: str | None = None) -> list[dict[str, Any]]:
+    """Every llmctl app's status (the gateway's too, last), as `llmctl serve status` without a name lists them."""
+    details, host = serve_details(address), _host(address)
+    names = sorted(details.get("applications") or {}, key=lambda n: (n == GATEWAY_APP, n))
+    return [summarize(details, name, host_fallback=host) for name in names]
+
+
+def _host(address: str | None) -> str:
+    """The host clients reach the proxy at when it binds a wildcard address: the dashboard's, else this node's."""
     from urllib.parse import urlparse
 
     host = urlparse(address).hostname if is_dashboard(address) else None
@@ -346,7 +468,7 @@ def status(name: str, address: str | None = None) -> dict[str, Any]:
         import ray
 
         host = ray.util.get_node_ip_address()
-    return summarize(serve_details(address), name, host_fallback=host)
+    return host
 
 
 def scale_changes(
@@ -393,7 +515,7 @@ def scale(name: str, address: str | None = None, timeout_s: float = 600.0, **cha
 
     connect(address)
     record = rescaled(load_record(name), changes)
-    target = serve.RunTarget(target=build_app(record), name=name, route_prefix=record.stage.http.route_prefix)
+    target = serve.RunTarget(target=build_app(record), name=name, route_prefix=record.route_prefix)
     serve.run_many([target], wait_for_applications_running=False)
     save_record(record)
     wait_running(name, timeout_s, log=lambda _: None)
@@ -411,10 +533,15 @@ def down(name: str, address: str | None = None, timeout_s: float = 600.0) -> dic
 
     connect(address)
     if name not in serve.status().applications:
+        host = next((r for r in records().values() if name in r.adapters), None)
+        if host is not None:  # a LoRA adapter: its app drops it in place, the base model stays
+            detached = host.model_copy(update={"adapters": {k: v for k, v in host.adapters.items() if k != name}})
+            deploy(detached, log=lambda _: None)
+            return {"name": name, "deleted": True, "adapter_of": host.name}
         raise ClusterError(f"no Serve application named '{name}' (running: {', '.join(_app_names()) or 'none'}).")
     serve.delete(name)
     delete_record(name)
-    if not serve.status().applications:
+    if not _app_names():  # the gateway alone routes to nothing
         serve.shutdown()
     return {"name": name, "deleted": True}
 

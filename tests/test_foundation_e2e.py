@@ -101,7 +101,7 @@ def test_example_pipeline_runs_end_to_end_then_resubmit_skips_every_stage(two_no
     """`llmctl submit pipelines/examples/tiny.yaml` as `make run` does it (fewer steps), unchanged, on a cluster of
     two nodes: raw text to an endpoint that answers the openai client; the resubmit skips every stage and only
     re-checks the app."""
-    from services.client import ask
+    from services.client import ask, gateway_url
 
     root, manifest = corpus
     monkeypatch.chdir(root)  # the example reads ./data/demo/*.jsonl and writes ./runs
@@ -143,6 +143,8 @@ def test_example_pipeline_runs_end_to_end_then_resubmit_skips_every_stage(two_no
         status, body = run_in_shell(printed_curl(first.output), str(root))
         assert status == 200 and body["choices"][0]["message"]["content"], body
         assert ask(endpoint, "tiny", "What is Ray?", max_tokens=8).strip()
+        assert endpoint.endswith("/tiny/v1") and f"Gateway:   {gateway_url(endpoint)}" in first.output
+        assert ask(gateway_url(endpoint), "tiny", "What is Ray?", max_tokens=8).strip(), "the gateway routes by model"
         # engine.metrics: ray (the default): the engine's counters reach Prometheus through Ray's own service discovery
         # (nodes export every few seconds): the probe's three requests and this one.
         def counted() -> float:

@@ -97,7 +97,8 @@ class ModelSource:
 
     def exportable(self, config: Any, state: dict[str, Any]) -> PreTrainedModel:
         """A plain transformers model of the trained class holding `state` (gathered from the engine's module):
-        LoRA adapters merged, the KV cache on, and the chat template's end-of-turn tokens as stop tokens."""
+        LoRA adapters merged, the KV cache on, and the chat template's end-of-turn tokens as stop tokens. With
+        `lora.merge` off, the peft model itself, whose save_pretrained writes only the adapter."""
         import copy
 
         import torch
@@ -109,6 +110,11 @@ class ModelSource:
         tied = {k for k in missing if k.endswith("lm_head.weight")} if config.tie_word_embeddings else set()
         if unexpected or set(missing) - tied:
             raise RuntimeError(f"export: state dict does not match the model: {missing=}, {unexpected=}")
+        if self.lora is not None and not self.lora.merge:
+            # The adapter alone (peft writes adapter_config.json and adapter_model.safetensors), naming the base it
+            # was trained on, so a serve stage can put it on that base with vLLM's LoRA support.
+            model.peft_config["default"].base_model_name_or_path = self.pretrained_uri
+            return model
         if self.lora is not None:
             model = model.merge_and_unload()
         model.tie_weights()

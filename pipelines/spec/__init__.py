@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import typing
-from typing import Annotated, Union
+from typing import Annotated, Any, Union
 
 from pydantic import Field, field_validator, model_validator
 
@@ -72,7 +72,8 @@ class Pipeline(Model):
 
     @model_validator(mode="after")
     def _model_sources(self) -> Pipeline:
-        """A stage that starts from another stage's model (`model_kinds`) must name one that exports that kind."""
+        """A stage that starts from another stage's model (`model_kinds`) must name one that exports that kind; a
+        LoRA adapter alone (an sft stage with lora.merge: false) goes only to a serve stage."""
         for name, stage in self.stages.items():
             kinds = getattr(stage, "model_kinds", None)
             ref = getattr(stage, "model", None)
@@ -82,6 +83,13 @@ class Pipeline(Model):
                     f"language model; name a {', '.join(kinds[:-1])} or {kinds[-1]} stage, or a Hugging Face model "
                     f"directory"
                 )
+            for path, source in stage.references(set(self.stages)).items():
+                if stage.kind != "serve" and adapter_only(self.stages.get(source)):
+                    raise ValueError(
+                        f"stages.{name}.{path}: '{source}' exports a LoRA adapter without its base (lora.merge: "
+                        f"false), which only a serve stage takes. Set stages.{source}.lora.merge: true to give {name} "
+                        "a whole model."
+                    )
         return self
 
     @model_validator(mode="after")
@@ -91,6 +99,12 @@ class Pipeline(Model):
             if hasattr(stage, "check_pipeline"):
                 stage.check_pipeline(name, self.stages)
         return self
+
+
+def adapter_only(stage: Any) -> bool:
+    """Whether a stage's model/ is a LoRA adapter alone (an sft stage with lora.merge: false)."""
+    lora = getattr(stage, "lora", None)
+    return lora is not None and not lora.merge
 
 
 STAGE_KINDS: tuple[str, ...] = tuple(typing.get_args(c.model_fields["kind"].annotation)[0] for c in STAGE_CLASSES)

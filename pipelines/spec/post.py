@@ -29,7 +29,8 @@ DataFormat = Literal["auto", "conversations", "alpaca", "preference"]
 
 
 class LoraConfig(Model):
-    """Low-rank adapters (LoRA): only small matrices next to the chosen layers train; export merges them in."""
+    """Low-rank adapters (LoRA): only small matrices next to the chosen layers train; export merges them in, or
+    writes the adapter alone."""
 
     rank: int = Field(8, ge=1, description="Rank r of each adapter (B·A with A: r × in, B: out × r).")
     alpha: float = Field(16.0, gt=0, description="Scale: the adapter's update is multiplied by alpha / rank.")
@@ -39,6 +40,12 @@ class LoraConfig(Model):
         min_length=1,
         description="Names of the linear layers that get adapters; the default covers every attention and MLP "
         "projection of a Llama block (QLoRA's finding: all linear layers adapt best).",
+    )
+    merge: bool = Field(
+        True,
+        description="Merge the adapters into the weights at export (an ordinary model any stage can take). false: "
+        "export only the adapter (adapter_config.json naming its base, adapter_model.safetensors): megabytes "
+        "instead of a model, which a serve stage serves on its base model beside other adapters of that base.",
     )
 
 

@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 from pipelines.spec.base import Model, StageBase
 
 APP_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+GATEWAY_APP = "llmctl-gateway"  # the Serve app at '/' that routes by model id (services.gateway)
 SHA256_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 ENV_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
@@ -174,7 +175,44 @@ class Http(Model):
         description="Proxy port, used when this deploy starts Serve; a running Serve keeps its own port "
         "(reported as the endpoint).",
     )
-    route_prefix: str = Field("/", pattern=r"^/[A-Za-z0-9._/-]*$", description="URL prefix of the OpenAI routes.")
+    route_prefix: str | None = Field(
+        None,
+        description="URL prefix of the app's own routes (its OpenAI base URL is <prefix>/v1); default /<app name>. "
+        "'/' belongs to the cluster's model gateway, where every llmctl model answers by its model id.",
+    )
+
+    def prefix(self, app: str) -> str:
+        """The route prefix the app answers at: the one given, else /<app>."""
+        return (self.route_prefix or f"/{app}").rstrip("/")
+
+    @field_validator("route_prefix")
+    @classmethod
+    def _own_prefix(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if not re.match(r"^/[A-Za-z0-9._/-]*$", value):
+            raise ValueError(f"route_prefix {value!r} must start with '/' and hold only letters, digits, '.', '_', "
+                             "'-' and '/', e.g. /chat")  # fmt: skip
+        stripped = value.rstrip("/")
+        if stripped in ("", "/v1") or stripped.startswith("/v1/"):
+            raise ValueError(
+                f"route_prefix {value!r} belongs to the cluster's model gateway, which answers every llmctl model "
+                "at /v1 by its model id. Leave route_prefix unset (the app answers at /<name>/v1) or pick "
+                "another prefix, e.g. /chat."
+            )
+        return value
+
+
+class Lora(Model):
+    """LoRA serving: the app's engine takes adapters on its model, loaded at run time (vLLM's LoRA support)."""
+
+    max_adapters: int = Field(
+        4, ge=1, description="Adapters one batch may mix (vLLM max_loras); more are kept loaded in host memory."
+    )
+    max_rank: Literal[8, 16, 32, 64, 128, 256] = Field(
+        16, description="Largest adapter rank the engine accepts (vLLM max_lora_rank); an adapter above it is "
+        "refused when it is served."
+    )
 
 
 class Limits(Model):
@@ -225,6 +263,19 @@ class ServeStage(StageBase):
         "generate one with `python -c \"import hashlib;print('sha256:'+hashlib.sha256(b'KEY').hexdigest())\"`.",
     )
     limits: Limits = Field(default_factory=Limits, description="Request size and max_tokens limits.")
+    lora: Lora | None = Field(
+        None,
+        description="Serve LoRA adapters on this app's model. Set it to deploy with LoRA on from the start; a serve "
+        "stage whose model is an adapter (an sft stage with lora.merge: false) turns it on when it attaches, which "
+        "restarts the app's replicas once.",
+    )
+    base_app: str | None = Field(
+        None,
+        pattern=APP_NAME_RE,
+        description="When `model` is a LoRA adapter: the app that serves its base model. An app already serving "
+        "that base directory is used whatever its name; otherwise one is deployed under this name (default "
+        "<name>-base) with this stage's autoscaling, engine and placement. The adapter's model id is `name`.",
+    )
     max_surge_percent: int = Field(
         100,
         ge=0,
@@ -251,6 +302,14 @@ class ServeStage(StageBase):
         if isinstance(data, dict) and data.get("autoscaling") is None:
             raise ValueError(TARGET_REQUIRED)
         return data
+
+    @field_validator("name")
+    @classmethod
+    def _not_the_gateway(cls, value: str | None) -> str | None:
+        if value == GATEWAY_APP:
+            raise ValueError(f"name {GATEWAY_APP!r} is the cluster's model gateway (services.gateway); pick another "
+                             "application name")  # fmt: skip
+        return value
 
     @field_validator("api_key_env", mode="before")
     @classmethod

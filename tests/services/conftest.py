@@ -21,6 +21,7 @@ from tests.services.tiny_model import build_tiny_llama
 API_KEY_ENV = "LLMCTL_TEST_API_KEY"
 API_KEY = "test-key-0123456789"
 APP = "tiny"
+OTHER_APP = "second"  # another pipeline's app beside APP (test_many_apps; removed by test_operations' last test)
 MAX_TOKENS_CAP = 64
 MAX_MODEL_LEN = 256
 MAX_REQUEST_BYTES = 16_384
@@ -35,6 +36,13 @@ class ServedApp:
     metrics: dict
     model_dir: str
     ctx: Any  # the StageContext it was deployed from, to run the stage again
+    export: str = ""  # the directory whose model/ it serves, as a training stage's output holds it
+
+    @property
+    def port(self) -> int:
+        from urllib.parse import urlparse
+
+        return urlparse(self.endpoint).port
 
 
 @pytest.fixture(scope="session")
@@ -69,7 +77,7 @@ def serve_spec(model: str, port: int) -> dict:
     }
 
 
-def stage_context(tmp_dir: str, spec: dict, pretrain_uri: str):
+def stage_context(tmp_dir: str, spec: dict, pretrain_uri: str, pipeline: str = "tiny-chat"):
     """A StageContext as the job driver builds it, with a finished 'pretrain' stage whose output is pretrain_uri."""
     from jobs.context import StageContext, StageOutput
     from pipelines.spec.serve import ServeStage
@@ -79,7 +87,7 @@ def stage_context(tmp_dir: str, spec: dict, pretrain_uri: str):
         name="serve",
         kind="serve",
         spec=ServeStage.model_validate(spec),
-        pipeline_name="tiny-chat",
+        pipeline_name=pipeline,
         run_id="test",
         cache_key="test",
         out_uri=os.path.join(tmp_dir, "serve"),
@@ -100,9 +108,43 @@ def served_app(ray_session, tiny_model_dir, tmp_path_factory):
     ctx = stage_context(str(tmp_path_factory.mktemp("run")), serve_spec("pretrain", free_port()), str(export))
     metrics = stage.run(ctx)
     endpoint = metrics["endpoint"]
-    yield ServedApp(APP, endpoint, endpoint.removesuffix("/v1"), API_KEY, metrics, tiny_model_dir, ctx)
+    yield ServedApp(APP, endpoint, endpoint.removesuffix("/v1"), API_KEY, metrics, tiny_model_dir, ctx, str(export))
     if APP in serve.status().applications:
         serve.delete(APP)  # only our app: the session cluster may serve other tests' apps
+
+
+@pytest.fixture(scope="session")
+def second_app(served_app, tmp_path_factory):
+    """Another pipeline's app beside the session's: one replica of a model directory of its own, deployed with LoRA
+    on so adapters load into it in place."""
+    from ray import serve
+
+    from services import stage
+    from tests.services.tiny_model import build_tiny_llama
+
+    export = tmp_path_factory.mktemp("other-pretrain")
+    build_tiny_llama(str(export / "model"))
+    spec = {**serve_spec("pretrain", served_app.port), "name": OTHER_APP, "lora": {"max_adapters": 2},
+            "autoscaling": {"min_replicas": 1, "max_replicas": 1, "target_ongoing_requests": 2}}  # fmt: skip
+    ctx = stage_context(str(tmp_path_factory.mktemp("other")), spec, str(export), pipeline="other-team")
+    metrics = stage.run(ctx)
+    endpoint = metrics["endpoint"]
+    yield ServedApp(OTHER_APP, endpoint, endpoint.removesuffix("/v1"), API_KEY, metrics, str(export / "model"), ctx,
+                    str(export))  # fmt: skip
+    if OTHER_APP in serve.status().applications:
+        serve.delete(OTHER_APP)
+
+
+def model_replicas(name: str = APP) -> list[dict]:
+    """The replicas of the app's model deployment, as Serve's details list them."""
+    from services import lifecycle
+
+    deployments = lifecycle.serve_details()["applications"][name]["deployments"]
+    return next(d for dname, d in deployments.items() if dname.startswith("LLMServer:"))["replicas"]
+
+
+def running_ids(name: str = APP) -> set[str]:
+    return {r["replica_id"] for r in model_replicas(name) if r["state"] == "RUNNING"}
 
 
 def replica_states(name: str = APP) -> dict[str, int]:

@@ -20,6 +20,7 @@ class Load:
     max_requests: int = 2000
     max_seconds: float = 300.0
     max_tokens: int = 16
+    pause_s: float = 0.0  # between one client's requests: a trickle that leaves the cores to what is under test
     outcomes: Counter = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -64,3 +65,4 @@ class Load:
                         self.errors.append(repr(exc))
                 with self._lock:
                     self.outcomes[status] += 1
+                self._stop.wait(self.pause_s)

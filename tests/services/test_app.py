@@ -9,7 +9,7 @@ import pytest
 from pipelines.errors import ClusterError, SpecError, StageError
 from pipelines.spec.serve import ServeStage
 from services import app, lifecycle
-from services.app import AppRecord
+from services.app import Adapter, AppRecord
 from services.auth import Guard
 from services.client import usage
 from tests.services.conftest import taken_port_message
@@ -110,6 +110,20 @@ def test_versions_roll_only_what_changed():
     assert app.guard(keyed).key_digests == ("sha256:" + "1" * 64,)
     assert app.version(base.model_copy(update={"model_fingerprint": "f2"})) != version
     assert app.version(record(engine={"max_model_len": 512})) != version
+
+
+def test_lora_on_restarts_the_replicas_once_adapters_come_and_go_in_place():
+    plain = record()
+    lora = record(lora={"max_adapters": 2})
+    assert app.version(lora) != app.version(plain)  # the engine starts with LoRA on
+    engine = app.llm_config_kwargs(lora)["engine_kwargs"]
+    assert (engine["enable_lora"], engine["max_loras"], engine["max_lora_rank"]) == (True, 2, 16)
+    assert "enable_lora" not in app.llm_config_kwargs(plain)["engine_kwargs"]
+    adapter = Adapter(path="/adapters/a", pipeline="p", rank=8, fingerprint="x")
+    with_adapter = lora.model_copy(update={"adapters": {"a": adapter}})
+    assert app.version(with_adapter) == app.version(lora)  # an adapter loads into the running replicas
+    assert app.user_config(with_adapter)["adapters"] == {"a": {"path": "/adapters/a", "fingerprint": "x"}}
+    assert with_adapter.model_ids == ["chat", "a"] and with_adapter.route_prefix == "/chat"
 
 
 def test_guard_travels_as_user_config_and_back():

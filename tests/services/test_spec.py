@@ -98,3 +98,14 @@ def test_importing_the_spec_stays_light():
     code = "import sys, pipelines.spec; print(sorted(m for m in ('ray', 'vllm', 'torch') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_each_app_has_its_own_route_and_the_gateways_are_refused():
+    assert stage().http.prefix("tiny") == "/tiny" and stage(http={"route_prefix": "/chat/"}).http.prefix("x") == "/chat"
+    for prefix in ("/", "/v1", "/v1/models"):
+        message = error(autoscaling=AUTOSCALING, http={"route_prefix": prefix})
+        assert f"route_prefix '{prefix}' belongs to the cluster's model gateway" in message
+        assert "Leave route_prefix unset (the app answers at /<name>/v1)" in message
+    assert "must start with '/'" in error(autoscaling=AUTOSCALING, http={"route_prefix": "chat"})
+    assert "name 'llmctl-gateway' is the cluster's model gateway" in error(autoscaling=AUTOSCALING,
+                                                                          name="llmctl-gateway")

@@ -123,3 +123,14 @@ def test_post_runner_import_is_light():
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_an_adapter_only_sft_export_feeds_only_a_serve_stage():
+    sft = {"kind": "sft", "model": "/base", "data": "/chat.jsonl", "lora": {"merge": False}, **WARM}
+    serve = {"kind": "serve", "model": "sft", "autoscaling": {"target_ongoing_requests": 2}}
+    assert Pipeline.model_validate({"name": "p", "stages": {"sft": sft, "serve": serve}})
+    dpo = {"kind": "dpo", "model": "sft", "data": "/pairs.jsonl", **WARM}
+    with pytest.raises(ValidationError) as info:
+        Pipeline.model_validate({"name": "p", "stages": {"sft": sft, "dpo": dpo}})
+    assert ("stages.dpo.model: 'sft' exports a LoRA adapter without its base (lora.merge: false), which only a serve "
+            "stage takes. Set stages.sft.lora.merge: true to give dpo a whole model.") in str(info.value)
