@@ -21,7 +21,6 @@ from tests.services.tiny_model import build_tiny_llama
 API_KEY_ENV = "LLMCTL_TEST_API_KEY"
 API_KEY = "test-key-0123456789"
 APP = "tiny"
-OTHER_APP = "second"  # another pipeline's app beside APP (test_many_apps; removed by test_operations' last test)
 MAX_TOKENS_CAP = 64
 MAX_MODEL_LEN = 256
 MAX_REQUEST_BYTES = 16_384
@@ -111,28 +110,6 @@ def served_app(ray_session, tiny_model_dir, tmp_path_factory):
     yield ServedApp(APP, endpoint, endpoint.removesuffix("/v1"), API_KEY, metrics, tiny_model_dir, ctx, str(export))
     if APP in serve.status().applications:
         serve.delete(APP)  # only our app: the session cluster may serve other tests' apps
-
-
-@pytest.fixture(scope="session")
-def second_app(served_app, tmp_path_factory):
-    """Another pipeline's app beside the session's: one replica of a model directory of its own, deployed with LoRA
-    on so adapters load into it in place."""
-    from ray import serve
-
-    from services import stage
-    from tests.services.tiny_model import build_tiny_llama
-
-    export = tmp_path_factory.mktemp("other-pretrain")
-    build_tiny_llama(str(export / "model"))
-    spec = {**serve_spec("pretrain", served_app.port), "name": OTHER_APP, "lora": {"max_adapters": 2},
-            "autoscaling": {"min_replicas": 1, "max_replicas": 1, "target_ongoing_requests": 2}}  # fmt: skip
-    ctx = stage_context(str(tmp_path_factory.mktemp("other")), spec, str(export), pipeline="other-team")
-    metrics = stage.run(ctx)
-    endpoint = metrics["endpoint"]
-    yield ServedApp(OTHER_APP, endpoint, endpoint.removesuffix("/v1"), API_KEY, metrics, str(export / "model"), ctx,
-                    str(export))  # fmt: skip
-    if OTHER_APP in serve.status().applications:
-        serve.delete(OTHER_APP)
 
 
 def model_replicas(name: str = APP) -> list[dict]:

@@ -1,7 +1,7 @@
 """Two pipelines' apps on one cluster: each at its own route and both behind the gateway's one base URL by model id;
 a name another pipeline holds refused before anything is touched; and LoRA adapters from an sft stage
-(lora.merge: false) served on the second app's model, loaded into its running replica. (A rolling update of one app
-while the other serves: test_operations.)"""
+(lora.merge: false) served on the second app's model: the first one rolls that app once to turn LoRA on while the
+other app's requests all succeed, later ones load into the running replica. Tests run in file order."""
 
 from __future__ import annotations
 
@@ -16,11 +16,32 @@ from cli.serve import serve as serve_cli
 from pipelines.errors import StageError
 from services import lifecycle
 from services.client import gateway_url
-from tests.services.conftest import API_KEY, APP, OTHER_APP, running_ids, serve_spec, stage_context
+from tests.services.conftest import API_KEY, APP, ServedApp, running_ids, serve_spec, stage_context
+from tests.services.load import Load
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
+OTHER_APP = "second"
 ADAPTER = "tuned"
+
+
+@pytest.fixture(scope="module")
+def second_app(served_app, tmp_path_factory):
+    """Another pipeline's app beside the session's: one replica of a model directory of its own (LoRA off)."""
+    from services import stage
+    from tests.services.tiny_model import build_tiny_llama
+
+    export = tmp_path_factory.mktemp("other-pretrain")
+    build_tiny_llama(str(export / "model"))
+    spec = {**serve_spec("pretrain", served_app.port), "name": OTHER_APP,
+            "autoscaling": {"min_replicas": 1, "max_replicas": 1, "target_ongoing_requests": 2}}  # fmt: skip
+    ctx = stage_context(str(tmp_path_factory.mktemp("other")), spec, str(export), pipeline="other-team")
+    metrics = stage.run(ctx)
+    endpoint = metrics["endpoint"]
+    yield ServedApp(OTHER_APP, endpoint, endpoint.removesuffix("/v1"), API_KEY, metrics, str(export / "model"), ctx,
+                    str(export))  # fmt: skip
+    if OTHER_APP in lifecycle.records():  # the last test removes it; an earlier failure may not have
+        lifecycle.down(OTHER_APP)
 
 
 @pytest.fixture(scope="module")
@@ -95,26 +116,42 @@ def test_a_name_another_pipeline_holds_is_refused_and_its_app_keeps_serving(serv
     assert running_ids(APP) == before and lifecycle.load_record(APP).pipeline == "tiny-chat"
 
 
-def test_adapter_exports_load_into_the_running_app_that_serves_their_base(second_app, adapter_dir, tmp_path):
-    """Adapters of one base share its app's replicas: each loads in place under its own model id (no restart, no
-    second copy of the base weights) and unloads the same way."""
+def test_adapters_are_served_on_their_base_app_which_rolls_once_while_the_other_app_serves(
+    served_app, second_app, adapter_dir, tmp_path
+):
+    """The second app runs without LoRA: the first adapter's serve stage turns it on, a rolling update of that app
+    alone, while a client of the first app keeps asking through the gateway. Later adapters of the same base load
+    into the running replica: one copy of the base weights serves them all."""
     from services import stage
 
     assert "adapter_model.safetensors" in os.listdir(adapter_dir) and "config.json" not in os.listdir(adapter_dir)
-    replicas, base_answer = running_ids(OTHER_APP), greedy(second_app.endpoint, OTHER_APP)
-    spec = {**serve_spec(adapter_dir, second_app.port), "name": ADAPTER}
-    metrics = stage.run(stage_context(str(tmp_path / "a"), spec, second_app.export, pipeline="tuners"))
+    first_ids, second_ids = running_ids(APP), running_ids(OTHER_APP)
+    base_answer = greedy(second_app.endpoint, OTHER_APP)
+    trickle = Load(served_app.base_url.rsplit("/", 1)[0], APP, API_KEY, max_requests=3000, max_seconds=400,
+                   pause_s=0.5)  # the first app, through the gateway (/v1 at the proxy's root)
+    trickle.concurrency(1)
+    try:
+        spec = {**serve_spec(adapter_dir, second_app.port), "name": ADAPTER}
+        metrics = stage.run(stage_context(str(tmp_path / "a"), spec, second_app.export, pipeline="tuners"))
+    finally:
+        trickle.stop()
+    assert trickle.failed == 0 and trickle.sent > 3, (trickle.outcomes, trickle.errors[:3])
+    assert running_ids(APP) == first_ids, "the other app was not touched"
+    rolled = running_ids(OTHER_APP)
+    assert rolled.isdisjoint(second_ids), "turning LoRA on rolled the base app's replicas"
     assert (metrics["app"], metrics["model"], metrics["endpoint"]) == (OTHER_APP, ADAPTER, second_app.endpoint)
     assert metrics["base_model"] == second_app.model_dir and metrics["model_source"] == adapter_dir
     assert lifecycle.load_record(OTHER_APP).adapters[ADAPTER].pipeline == "tuners"
-    assert listed(second_app.endpoint) == [OTHER_APP, ADAPTER] and running_ids(OTHER_APP) == replicas
+    assert listed(second_app.endpoint) == [OTHER_APP, ADAPTER]
     tuned = greedy(second_app.endpoint, ADAPTER)
     assert tuned != base_answer and greedy(second_app.endpoint, OTHER_APP) == base_answer
     assert greedy(gateway_url(second_app.endpoint), ADAPTER) == tuned, "the gateway routes the adapter's id"
 
     spec = {**serve_spec(adapter_dir, second_app.port), "name": f"{ADAPTER}-2"}
     stage.run(stage_context(str(tmp_path / "b"), spec, second_app.export, pipeline="tuners"))
-    assert listed(second_app.endpoint) == [OTHER_APP, ADAPTER, f"{ADAPTER}-2"] and running_ids(OTHER_APP) == replicas
+    assert listed(second_app.endpoint) == [OTHER_APP, ADAPTER, f"{ADAPTER}-2"] and running_ids(OTHER_APP) == rolled
     assert lifecycle.down(f"{ADAPTER}-2") == {"name": f"{ADAPTER}-2", "deleted": True, "adapter_of": OTHER_APP}
-    assert lifecycle.down(ADAPTER) == {"name": ADAPTER, "deleted": True, "adapter_of": OTHER_APP}
-    assert listed(second_app.endpoint) == [OTHER_APP] and running_ids(OTHER_APP) == replicas
+    assert listed(second_app.endpoint) == [OTHER_APP, ADAPTER] and running_ids(OTHER_APP) == rolled
+
+    assert lifecycle.down(OTHER_APP) == {"name": OTHER_APP, "deleted": True}
+    assert listed(gateway_url(served_app.endpoint)) == [APP], "the gateway stops routing to a removed app at once"

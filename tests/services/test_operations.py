@@ -19,7 +19,6 @@ from services import lifecycle
 from tests.services.conftest import (
     APP,
     MAX_TOKENS_CAP,
-    OTHER_APP,
     model_replicas,
     replica_states,
     running_ids,
@@ -135,33 +134,24 @@ def test_status_and_scale_through_the_dashboard(ray_head, settled_app):
         lifecycle.status("nope", ray_head.dashboard_url)
 
 
-def test_newer_model_under_the_same_name_rolls_without_failed_requests(settled_app, second_app, tmp_path,
-                                                                        record_property):  # fmt: skip
-    """A rolling update under load fails no request of its own app, nor of another pipeline's app that a client
-    reaches through the gateway's one base URL meanwhile."""
+def test_newer_model_under_the_same_name_rolls_without_failed_requests(settled_app, tmp_path, record_property):
     from services import stage
     from tests.conftest import free_port
     from tests.services.tiny_model import build_tiny_llama
 
     build_tiny_llama(str(tmp_path / "pretrain-v2" / "model"), layers=3)
-    old_ids, old_text, other_ids = running_ids(), greedy(settled_app), running_ids(OTHER_APP)
+    old_ids, old_text = running_ids(), greedy(settled_app)
     load = Load(settled_app.base_url, APP, settled_app.api_key, max_requests=3000, max_seconds=400,
                 max_tokens=MAX_TOKENS_CAP)  # long answers: fewer requests beside the replica that starts
-    other = Load(second_app.base_url.rsplit("/", 1)[0], OTHER_APP, second_app.api_key, max_requests=3000,
-                 max_seconds=400, pause_s=0.5)  # a trickle, through the gateway (/v1 at the proxy's root)
     load.concurrency(2)
-    other.concurrency(1)
     try:
         ctx = stage_context(str(tmp_path / "run"), serve_spec("pretrain", free_port()), str(tmp_path / "pretrain-v2"))
         metrics = stage.run(ctx)  # same app name, new model directory: a rolling update
         wait_for(lambda: load.sent >= 10, 60, what="requests after the update")
     finally:
         load.stop()
-        other.stop()
     record_property("requests", load.sent)
     assert load.failed == 0 and load.sent > 10, (load.outcomes, load.errors[:3])
-    assert other.failed == 0 and other.sent > 5, (other.outcomes, other.errors[:3])
-    assert running_ids(OTHER_APP) == other_ids, "the other app was not touched"
     assert metrics["endpoint"] == settled_app.endpoint  # Serve kept its proxy port
     assert metrics["unchanged"] is False  # new model files: a new fingerprint, so a deploy
     assert running_ids().isdisjoint(old_ids)
@@ -169,20 +159,15 @@ def test_newer_model_under_the_same_name_rolls_without_failed_requests(settled_a
     assert greedy(settled_app) != old_text  # the 3-layer model answers, not the old one
 
 
-def test_down_removes_the_app_and_its_record(ray_head, served_app, second_app):
+def test_down_removes_the_app_and_its_record(ray_head, served_app):
     """The fix the serve stage names for a port an llmctl app holds: `llmctl serve down NAME` frees it (Serve stops
     with its last app; the gateway alone is not kept). From this driver: Serve's client here must learn that Serve
     stopped."""
     from ray import serve
 
     from pipelines.spec.serve import GATEWAY_APP
-    from services.client import gateway_url
 
     port = urlparse(served_app.endpoint).port
-    assert lifecycle.down(OTHER_APP) == {"name": OTHER_APP, "deleted": True}
-    key = {"Authorization": f"Bearer {served_app.api_key}"}
-    models = httpx.get(gateway_url(served_app.endpoint) + "/models", headers=key)
-    assert [m["id"] for m in models.json()["data"]] == [APP], "the gateway stops routing to a removed app at once"
     assert lifecycle.down(APP) == {"name": APP, "deleted": True}
     assert APP not in serve.status().applications and GATEWAY_APP not in serve.status().applications
     wait_for(lambda: not lifecycle.port_in_use("127.0.0.1", port), 30, 0.5, what="Serve to free its port")
