@@ -59,11 +59,6 @@ class AppRecord(Model):
         """The OpenAI model ids the app answers to: its model's, then its adapters'."""
         return [self.name, *sorted(self.adapters)]
 
-    @property
-    def lora(self) -> Lora | None:
-        """The LoRA serving settings (the stage's; an adapter's serve stage turns them on when it attaches)."""
-        return self.stage.lora
-
     def with_autoscaling(self, autoscaling: Autoscaling) -> AppRecord:
         stage = self.stage.model_copy(update={"autoscaling": autoscaling})
         return self.model_copy(update={"stage": stage})
@@ -167,7 +162,7 @@ def llm_config_kwargs(record: AppRecord) -> dict[str, Any]:
     }
     return {
         "model_loading_config": {"model_id": record.name, "model_source": record.model_source},
-        "engine_kwargs": {**engine_kwargs(stage), **lora_kwargs(record.lora)},
+        "engine_kwargs": {**engine_kwargs(stage), **lora_kwargs(stage.lora)},
         "accelerator_type": where["accelerator_type"],
         "accelerator_config": where["accelerator_config"],
         "placement_group_config": where["placement_group_config"],
@@ -213,7 +208,7 @@ def version(record: AppRecord) -> str:
         exclude={"autoscaling", "http", "deploy_timeout_s", "probe_requests", "api_key_env", "api_keys", "limits",
                  "lora", "base_app"}
     )
-    ceiling, lora = record.stage.limits.max_tokens, record.lora
+    ceiling, lora = record.stage.limits.max_tokens, record.stage.lora
     return _hash([stage, ceiling, record.model_source, record.model_fingerprint, record.runtime_env,
                   lora.model_dump() if lora else None, code_fingerprint()])  # fmt: skip
 

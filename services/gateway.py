@@ -83,8 +83,8 @@ def build(client: Any) -> Starlette:
         table = await run_in_threadpool(routes)
         authorization = request.headers.get("authorization")
         ids = visible(table, authorization)
-        if table and not ids:  # every app wants a key and this one opens none
-            return error(Guard(("-",)).authorize("/v1/models", authorization) or Rejection(401, "Invalid API key."))
+        if table and not ids:  # every app wants a key and this one opens none: any app's guard says why
+            return error(Guard(next(iter(table.values())).key_digests).authorize("/v1/models", authorization))
         return JSONResponse(model_list(ids, table))
 
     async def forward(request: Request) -> Response:

@@ -137,17 +137,15 @@ def check_owner(record: AppRecord, stage: str = "serve", model: str | None = Non
     field, model = f"stages.{stage}", model or record.name
     for name, other in records().items():
         owner = f"pipeline '{other.pipeline or '?'}'"
-        if name == record.name:
-            theirs = other.adapters.get(model) if model != record.name else other
-            mine = record.adapters[model].pipeline if model != record.name else record.pipeline
+        if name == record.name and model == name and other.pipeline != record.pipeline:
+            raise _taken(stage, f"the Serve application '{name}'", other.pipeline, other.model_source,
+                         record.pipeline, "app", model)  # fmt: skip
+        if name == record.name and model != name:
+            theirs, mine = other.adapters.get(model), record.adapters[model].pipeline
             if theirs is not None and theirs.pipeline != mine:
-                what = f"the Serve application '{name}'" if model == name else f"the LoRA adapter '{model}' of '{name}'"
-                raise StageError(
-                    f"{field}.name: {what} on this cluster belongs to pipeline '{theirs.pipeline or '?'}' (it serves "
-                    f"{getattr(theirs, 'model_source', None) or theirs.path}), not to pipeline '{mine}'. Give this "
-                    f"{'app' if model == name else 'adapter'} another name (`--set {stage}.name=...`), or remove that "
-                    f"one first with `llmctl serve down {model}`."
-                )
+                raise _taken(stage, f"the LoRA adapter '{model}' of '{name}'", theirs.pipeline, theirs.path, mine,
+                             "adapter", model)  # fmt: skip
+        if name == record.name:
             continue
         if model in other.model_ids:
             raise StageError(
@@ -159,6 +157,15 @@ def check_owner(record: AppRecord, stage: str = "serve", model: str | None = Non
                 f"{field}.http.route_prefix: '{record.route_prefix}' is the route of the app '{name}' of {owner}. "
                 f"Set stages.{stage}.http.route_prefix to another prefix, or leave it unset (/<app name>)."
             )
+
+
+def _taken(stage: str, what: str, owner: str, serves: str, mine: str, kind: str, model: str) -> StageError:
+    """The refusal for a name another pipeline holds: whose it is, what it serves, and the two ways out."""
+    return StageError(
+        f"stages.{stage}.name: {what} on this cluster belongs to pipeline '{owner or '?'}' (it serves {serves}), not "
+        f"to pipeline '{mine}'. Give this {kind} another name (`--set {stage}.name=...`), or remove that one first "
+        f"with `llmctl serve down {model}`."
+    )
 
 
 def _app_names() -> list[str]:

@@ -163,7 +163,7 @@ def adapter_record(ctx: StageContext, path: str) -> tuple[AppRecord, str]:
             f"stages.{ctx.name}.name: '{model_id}' is the model id of the app '{host.name}' that serves this "
             f"adapter's base; name the adapter otherwise (`--set {ctx.name}.name=...`)."
         )
-    lora = host.lora or Lora()  # an app without LoRA turns it on (its replicas restart once) and keeps it on
+    lora = host.stage.lora or Lora()  # an app without LoRA turns it on (its replicas restart once) and keeps it on
     if adapter.rank > lora.max_rank:
         raise StageError(
             f"stages.{ctx.name}.model: the adapter's rank {adapter.rank} is above the largest the app "
