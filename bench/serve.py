@@ -48,10 +48,22 @@ MODEL_ID = "bench"
 TARGETS = {"throughput_ratio_min": 0.9, "ttft_p50_ratio_max": 1.2}
 
 
-def prompts(count: int = 32) -> list[str]:
-    from tests.services.tiny_model import sentences
+CORPORA = ("real", "generated")
 
-    return [" ".join(sentences(3, seed=i)) for i in range(count)]
+
+def prompts(corpus: str, count: int = 32, max_chars: int = 400) -> list[str]:
+    """`count` prompts. real: paragraphs of the installed packages' READMEs (prose, lists, code: text nobody here
+    wrote, bench.dedup_corpus), each cut at `max_chars`; generated: three sentences of the test vocabulary."""
+    if corpus == "generated":
+        from tests.services.tiny_model import sentences
+
+        return [" ".join(sentences(3, seed=i)) for i in range(count)]
+    from bench.dedup_corpus import base_documents
+
+    # A METADATA file's first paragraph is its header block (Name:, Version:, ...), not text: skipped.
+    paragraphs = (p.strip() for doc in base_documents()[:200] for p in doc.split("\n\n")[1:])
+    texts = [" ".join(p.split())[:max_chars] for p in paragraphs if len(p) >= 200]
+    return texts[:: max(1, len(texts) // count)][:count]
 
 
 def bench_stage(model_dir: str, port: int, max_model_len: int, kv_bytes: int, metrics: str):
@@ -132,12 +144,14 @@ def start_llmctl_app(stage, temp_dir: str):
 # ---- load -----------------------------------------------------------------------------------------------------
 
 
-async def one_request(session: aiohttp.ClientSession, url: str, prompt: str, max_tokens: int) -> tuple[float, int]:
+async def one_request(
+    session: aiohttp.ClientSession, url: str, prompt: str, max_tokens: int, model: str = MODEL_ID
+) -> tuple[float, int]:
     """(TTFT seconds, completion tokens) of one streamed completion. Only the events up to the first text and the
     final usage event are decoded: the client shares the machine's cores with the servers, so it does as little
     per streamed token as it can."""
     body = {
-        "model": MODEL_ID, "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True, "temperature": 0,
+        "model": model, "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True, "temperature": 0,
         "stream": True, "stream_options": {"include_usage": True},
     }  # fmt: skip
     start, ttft, tokens = time.perf_counter(), None, 0
@@ -153,15 +167,19 @@ async def one_request(session: aiohttp.ClientSession, url: str, prompt: str, max
     return (ttft if ttft is not None else time.perf_counter() - start), tokens
 
 
-async def run_level(base_url: str, concurrency: int, requests: int, max_tokens: int, texts: list[str]) -> dict:
+async def run_level(
+    base_url: str, concurrency: int, requests: int, max_tokens: int, texts: list[str],
+    models: tuple[str, ...] = (MODEL_ID,),
+) -> dict:  # fmt: skip
     """`requests` streamed completions over `concurrency` connections, each sending its next request as soon as
-    the last one ends."""
-    pending = [texts[i % len(texts)] for i in range(requests)]
+    the last one ends; request i asks models[i % len(models)]."""
+    pending = [(texts[i % len(texts)], models[i % len(models)]) for i in range(requests)]
     results: list[tuple[float, int]] = []
 
     async def worker(session: aiohttp.ClientSession) -> None:
         while pending:
-            results.append(await one_request(session, base_url, pending.pop(), max_tokens))
+            text, model = pending.pop()
+            results.append(await one_request(session, base_url, text, max_tokens, model))
 
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=600)) as session:
@@ -265,7 +283,7 @@ def paired_ratios(bare: list[dict], app: list[dict]) -> dict:
     return out
 
 
-def compare(servers: dict[str, str], processes: dict, args, texts: list[str]) -> dict:
+def compare(servers: dict[str, str], processes: dict, args, corpus: str, texts: list[str]) -> dict:
     report = {}
     waits: list[float] = []
     for level in args.levels:
@@ -281,16 +299,17 @@ def compare(servers: dict[str, str], processes: dict, args, texts: list[str]) ->
             "llmctl_serve": merge(rounds["llmctl_serve"]),
             **paired_ratios(rounds["bare_vllm"], rounds["llmctl_serve"]),
         }
-        print(f"concurrency {level}: {json.dumps(report[str(level)])}", file=sys.stderr)
+        print(f"{corpus} prompts, concurrency {level}: {json.dumps(report[str(level)])}", file=sys.stderr)
     report_waits = {"idle_wait_s_max": round(max(waits), 2), "idle_wait_s_median": round(statistics.median(waits), 2)}
     print(f"waits for idle engines before measurements: {report_waits}", file=sys.stderr)
     return report
 
 
-def verdict(levels: dict) -> dict:
+def verdict(corpora: dict) -> dict:
+    levels = [v for by_level in corpora.values() for v in by_level.values()]
     return {
-        "throughput_ge_0.9x": all(v["throughput_ratio"] >= TARGETS["throughput_ratio_min"] for v in levels.values()),
-        "ttft_p50_le_1.2x": all(v["ttft_p50_ratio"] <= TARGETS["ttft_p50_ratio_max"] for v in levels.values()),
+        "throughput_ge_0.9x": all(v["throughput_ratio"] >= TARGETS["throughput_ratio_min"] for v in levels),
+        "ttft_p50_le_1.2x": all(v["ttft_p50_ratio"] <= TARGETS["ttft_p50_ratio_max"] for v in levels),
     }
 
 
@@ -298,6 +317,10 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="HF model directory; default: a random Llama built here (hidden 256, 4 layers)")
     parser.add_argument("--levels", default="1,8,32", type=lambda s: [int(x) for x in s.split(",")])
+    parser.add_argument(
+        "--corpora", default=",".join(CORPORA), type=lambda s: s.split(","),
+        help="prompt sets, each measured at every level: real (package READMEs) and generated (bench.serve.prompts)",
+    )  # fmt: skip
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--requests-per-client", type=int, default=8)
     parser.add_argument("--min-requests", type=int, default=48)
@@ -331,10 +354,12 @@ def main() -> None:
         head, app_url = start_llmctl_app(stage, os.path.join(work, "ray"))
         wait_ready(f"http://127.0.0.1:{bare_port}", proc=bare, log=os.path.join(work, "vllm.log"))
         servers = {"bare_vllm": f"http://127.0.0.1:{bare_port}", "llmctl_serve": app_url}
-        texts = prompts()
-        for url in servers.values():  # warm-up: first requests pay one-off costs on both
-            asyncio.run(run_level(url, 4, 8, args.max_tokens, texts))
-        levels = compare(servers, server_processes(bare.pid), args, texts)
+        processes, corpora = server_processes(bare.pid), {}
+        for corpus in args.corpora:
+            texts = prompts(corpus)
+            for url in servers.values():  # warm-up: first requests pay one-off costs on both
+                asyncio.run(run_level(url, 4, 8, args.max_tokens, texts))
+            corpora[corpus] = compare(servers, processes, args, corpus, texts)
     finally:
         shutdown(bare, head, work)
     report = {
@@ -346,9 +371,9 @@ def main() -> None:
         "ingress": "serve proxy" if os.environ.get(local.SERVE_INGRESS_ENV) == "0" else "haproxy",
         "max_tokens": args.max_tokens,
         "rounds": args.rounds,
-        "levels": levels,
+        "corpora": corpora,  # prompt set -> concurrency -> figures
         "targets": TARGETS,
-        "meets": verdict(levels),
+        "meets": verdict(corpora),
     }
     print(json.dumps(report))
 
