@@ -175,6 +175,7 @@ def main() -> None:
     model_dir = args.model or build_tiny_llama(os.path.join(work, "model"), hidden=256, layers=4)
     adapters = build_adapters(model_dir, work, args.adapters, args.rank)
     app_records = records(model_dir, adapters, args.rank, args)
+    weights, adapter_bytes = directory_bytes(model_dir), sum(directory_bytes(p) for p in adapters)
     head = None
     try:
         head, urls = start(app_records, os.path.join(work, "ray"))
@@ -185,7 +186,6 @@ def main() -> None:
         memory = {name: pss_mib(app_processes(name)) for name in urls}
     finally:
         shutdown(head, work)
-    weights, adapter_bytes = directory_bytes(model_dir), sum(directory_bytes(p) for p in adapters)
     levels = [v for by_level in corpora.values() for v in by_level.values()]
     report = {
         "model": {"dir": "random Llama hidden=256 layers=4" if not args.model else model_dir, "weights_bytes": weights},

@@ -71,10 +71,14 @@ def _served_key(name: str) -> bytes:
 def mark_served(record: AppRecord, endpoint: str) -> None:
     """Remember that the app now serves exactly `record` at `endpoint`: stored once a deploy or rescale has finished,
     never while one is under way, so an interrupted rollout is deployed again."""
+    _put_served(record.name, fingerprint(record), endpoint)
+
+
+def _put_served(name: str, digest: str, endpoint: str) -> None:
     from ray.experimental import internal_kv
 
-    served = json.dumps({"fingerprint": fingerprint(record), "endpoint": endpoint})
-    internal_kv._internal_kv_put(_served_key(record.name), served, overwrite=True, namespace=KV_NAMESPACE)
+    served = json.dumps({"fingerprint": digest, "endpoint": endpoint})
+    internal_kv._internal_kv_put(_served_key(name), served, overwrite=True, namespace=KV_NAMESPACE)
 
 
 def _served(name: str) -> dict[str, str]:
@@ -136,7 +140,7 @@ def check_owner(record: AppRecord, stage: str = "serve", model: str | None = Non
     `model` is the model id the stage serves: the app's own, or a LoRA adapter's it attaches to the app."""
     field, model = f"stages.{stage}", model or record.name
     for name, other in records().items():
-        owner = f"pipeline '{other.pipeline or '?'}'"
+        owner = _owner(other.pipeline)
         if name == record.name and model == name and other.pipeline != record.pipeline:
             raise _taken(stage, f"the Serve application '{name}'", other.pipeline, other.model_source,
                          record.pipeline, "app", model)  # fmt: skip
@@ -162,10 +166,15 @@ def check_owner(record: AppRecord, stage: str = "serve", model: str | None = Non
 def _taken(stage: str, what: str, owner: str, serves: str, mine: str, kind: str, model: str) -> StageError:
     """The refusal for a name another pipeline holds: whose it is, what it serves, and the two ways out."""
     return StageError(
-        f"stages.{stage}.name: {what} on this cluster belongs to pipeline '{owner or '?'}' (it serves {serves}), not "
+        f"stages.{stage}.name: {what} on this cluster belongs to {_owner(owner)} (it serves {serves}), not "
         f"to pipeline '{mine}'. Give this {kind} another name (`--set {stage}.name=...`), or remove that one first "
         f"with `llmctl serve down {model}`."
     )
+
+
+def _owner(pipeline: str) -> str:
+    """Who deployed an app: a pipeline's serve stage, or a Serve config (which names no pipeline)."""
+    return f"pipeline '{pipeline}'" if pipeline else "a Serve config (a KubeRay RayService or `serve deploy`)"
 
 
 def _app_names() -> list[str]:
@@ -289,13 +298,28 @@ def gateway_target(runtime_env: dict[str, Any]) -> list[Any]:
     deployed = internal_kv._internal_kv_get(GATEWAY_KEY, namespace=KV_NAMESPACE)
     if running is not None and running.status.value == "RUNNING" and deployed == version.encode():
         return []
+    internal_kv._internal_kv_put(GATEWAY_KEY, version, overwrite=True, namespace=KV_NAMESPACE)
+    return [serve.RunTarget(target=gateway_app(runtime_env), name=GATEWAY_APP, route_prefix="/")]
+
+
+def gateway_app(runtime_env: dict[str, Any]) -> Any:
+    """The gateway's Serve application, versioned by the serving code (Serve's own version is random per deploy)."""
+    from ray import serve
+
     from services.gateway import Gateway
 
-    internal_kv._internal_kv_put(GATEWAY_KEY, version, overwrite=True, namespace=KV_NAMESPACE)
     deployment = serve.deployment(Gateway, name="Gateway", num_replicas=1, max_ongoing_requests=1000,
                                   ray_actor_options={"num_cpus": 0, "runtime_env": runtime_env})  # fmt: skip
-    deployment = deployment.options(version=version, _internal=True)  # Serve's own is random per deploy
-    return [serve.RunTarget(target=deployment.bind(), name=GATEWAY_APP, route_prefix="/")]
+    return deployment.options(version=code_fingerprint(), _internal=True).bind()
+
+
+def register_config_app(record: AppRecord) -> None:
+    """Record an app that a Serve config deploys (KubeRay's RayService, `serve deploy`) as a serve stage records its
+    own, so the gateway routes its model and `llmctl serve status` lists it. The gateway reaches it through the
+    Serve proxy of its own node. Its served marker has no fingerprint, so nothing takes it for a finished serve
+    stage's deploy (confirm_unchanged), and its record names no pipeline, so no pipeline takes its name over."""
+    save_record(record)
+    _put_served(record.name, "", f"http://127.0.0.1:{record.stage.http.port}{record.route_prefix.rstrip('/')}/v1")
 
 
 def confirm_unchanged(record: AppRecord) -> dict[str, Any] | None:

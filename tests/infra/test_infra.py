@@ -178,28 +178,45 @@ def rayservice() -> dict:
     return doc
 
 
-def test_rayservice_routes_to_the_llmctl_app(rayservice, monkeypatch):
+def serve_apps(rayservice) -> dict[str, dict]:
     assert isinstance(rayservice["spec"]["serveConfigV2"], str), "KubeRay takes serveConfigV2 as a YAML string"
     config = yaml.safe_load(rayservice["spec"]["serveConfigV2"])
     assert config["http_options"] == {"host": "0.0.0.0", "port": 8000}
-    [app] = config["applications"]
-    assert app["route_prefix"] == "/"
+    return {app["name"]: app for app in config["applications"]}
 
+
+def builder_of(app: dict):
     module, _, attr = app["import_path"].partition(":")
     builder = getattr(importlib.import_module(module), attr)
     assert isinstance(builder, FunctionType) and len(inspect.signature(builder).parameters) == 1, (
         "Serve calls an application builder with the config's args as its one argument"
     )
+    return builder
+
+
+def test_rayservice_routes_to_the_llmctl_app(rayservice, monkeypatch):
+    from pipelines.spec.serve import GATEWAY_APP
     from services import builder as builder_module
     from services.app import AppRecord
 
+    apps = serve_apps(rayservice)
+    assert set(apps) == {"pretrain-125m", GATEWAY_APP}
+    app, gateway = apps["pretrain-125m"], apps[GATEWAY_APP]
+    assert gateway["route_prefix"] == "/" and "args" not in gateway, "the gateway is the one base URL for all models"
+    assert builder_of(gateway) is builder_module.gateway_builder
+
+    builder = builder_of(app)
     for name in app["args"]["stage"]["api_key_env"]:
         monkeypatch.setenv(name, "a-key-from-the-secret")
+    registered = []
+    monkeypatch.setattr(builder_module.lifecycle, "register_config_app", registered.append)
     monkeypatch.setattr(builder_module, "build_app", lambda record: record)  # stop before Ray Serve LLM builds it
     record = builder(copy.deepcopy(app["args"]))
     assert isinstance(record, AppRecord), "the builder turns the args into the record a serve stage resolves"
+    assert registered == [record], "the builder records the app on the cluster, where the gateway reads its routes"
     assert record.name == app["name"] and record.model_source.startswith("s3://")
     assert record.key_digests and all(d.startswith("sha256:") for d in record.key_digests)
+    assert app["route_prefix"] == record.route_prefix, "the gateway forwards to the route the record names"
 
     spec = cluster_spec(rayservice)
     head = spec["headGroupSpec"]["template"]["spec"]["containers"][0]

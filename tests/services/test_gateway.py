@@ -102,3 +102,31 @@ def test_health_and_chat_page_answer_without_a_key(call):
     assert call("GET", "/health").json() == {"status": "ok", "gateway": True, "models": ["keyed", "open"]}
     page = call("GET", "/chat")
     assert page.status_code == 200 and "llmctl chat" in page.text
+
+
+@pytest.mark.cluster
+def test_an_app_from_a_serve_config_is_routed_and_owned(ray_session, monkeypatch):
+    """KubeRay's RayService builds apps from serveConfigV2 (services.builder), not from a pipeline's serve stage:
+    the builder records the app where the gateway reads its routes, and a pipeline cannot take its name over."""
+    from pipelines.errors import StageError
+    from services import builder, lifecycle
+
+    monkeypatch.setattr(builder, "build_app", lambda record: record)  # the record, not a vLLM app
+    stage = {"kind": "serve", "model": "s3://b/m", "autoscaling": {"target_ongoing_requests": 4},
+             "http": {"port": 8123}}  # fmt: skip
+    record = builder.app_builder({"name": "from-config", "model_source": "s3://b/m", "stage": stage})
+    try:
+        route = lifecycle.routes()["from-config"]
+        assert route.endpoint == "http://127.0.0.1:8123/from-config/v1", "through the Serve proxy of the gateway's node"
+        theirs = record.model_copy(update={"pipeline": "mine"})
+        with pytest.raises(StageError) as refused:
+            lifecycle.check_owner(theirs)
+        owner = "the Serve application 'from-config' on this cluster belongs to a Serve config (a KubeRay RayService"
+        assert owner in str(refused.value)
+        assert lifecycle.confirm_unchanged(record) is None, "a config app is never taken as a finished stage deploy"
+    finally:
+        lifecycle.delete_record("from-config")
+    assert "from-config" not in lifecycle.routes()
+    with pytest.raises(ValueError, match="the llmctl gateway takes no args"):
+        builder.gateway_builder({"name": "x"})
+    assert type(builder.gateway_builder({})).__name__ == "Application"
