@@ -152,7 +152,9 @@ def compare(urls: dict[str, str], models: dict[str, tuple[str, ...]], args, corp
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="HF Llama directory; default: a random Llama built here (hidden 256, 4 layers)")
+    parser.add_argument("--model", help="HF Llama directory; default: a random Llama built here")
+    parser.add_argument("--hidden", type=int, default=256, help="hidden size of the random Llama (768: 125m-shaped)")
+    parser.add_argument("--layers", type=int, default=4, help="layers of the random Llama (12: 125m-shaped)")
     parser.add_argument("--adapters", type=int, default=4)
     parser.add_argument("--rank", type=int, default=16, choices=(8, 16, 32, 64))
     parser.add_argument("--levels", default="8,32", type=lambda s: [int(x) for x in s.split(",")])
@@ -172,7 +174,7 @@ def main() -> None:
     work = tempfile.mkdtemp(prefix="llmctl-bench-lora-")
     from tests.services.tiny_model import build_tiny_llama
 
-    model_dir = args.model or build_tiny_llama(os.path.join(work, "model"), hidden=256, layers=4)
+    model_dir = args.model or build_tiny_llama(os.path.join(work, "model"), hidden=args.hidden, layers=args.layers)
     adapters = build_adapters(model_dir, work, args.adapters, args.rank)
     app_records = records(model_dir, adapters, args.rank, args)
     weights, adapter_bytes = directory_bytes(model_dir), sum(directory_bytes(p) for p in adapters)
@@ -188,7 +190,8 @@ def main() -> None:
         shutdown(head, work)
     levels = [v for by_level in corpora.values() for v in by_level.values()]
     report = {
-        "model": {"dir": "random Llama hidden=256 layers=4" if not args.model else model_dir, "weights_bytes": weights},
+        "model": {"dir": model_dir if args.model else f"random Llama hidden={args.hidden} layers={args.layers}",
+                  "weights_bytes": weights},
         "adapters": {"count": args.adapters, "rank": args.rank, "bytes_each": adapter_bytes // args.adapters},
         "max_tokens": args.max_tokens,
         "rounds": args.rounds,
@@ -207,13 +210,13 @@ def main() -> None:
     print(json.dumps(report))
 
 
-def shutdown(head, work: str) -> None:
+def shutdown(head, work: str, apps: tuple[str, ...] = (LORA_APP, BASE_APP)) -> None:
     if head is not None:
         import ray
         from ray import serve
 
-        for name in (LORA_APP, BASE_APP):
-            serve.delete(name)
+        for name in apps:
+            serve.delete(name)  # stops each engine cleanly before the head goes
         ray.shutdown()
         local.stop(head)
     shutil.rmtree(work, ignore_errors=True)
