@@ -123,22 +123,44 @@ def wait_ready(base_url: str, timeout_s: float = 900.0, proc: subprocess.Popen |
 
 def start_llmctl_app(stage, temp_dir: str):
     """A private Ray head with the llmctl app deployed; returns (head, base_url)."""
-    import ray
-
-    from services import lifecycle
     from services.app import AppRecord, model_fingerprint
 
-    head = local.LocalHead(
-        **{name: local.free_port() for name in ("port", "dashboard_port", "client_port", "agent_port")},
-        temp_dir=temp_dir, num_cpus=8, env=local.own_serve_ports(),  # beside a `llmctl cluster up` head
-    )  # fmt: skip
-    local.start(head)
-    ray.init(address=head.gcs_address, log_to_driver=False)
     record = AppRecord(
         stage=stage, name=MODEL_ID, model_source=stage.model, model_fingerprint=model_fingerprint(stage.model)
     )
-    summary = lifecycle.deploy(record, log=lambda msg: print(f"[serve] {msg}", file=sys.stderr))
-    return head, summary["endpoint"].removesuffix("/v1")
+    head, urls = start_apps([record], temp_dir)
+    return head, urls[MODEL_ID]
+
+
+def start_apps(records: list, temp_dir: str):
+    """A private Ray head (beside a `llmctl cluster up` head) with each app of `records` deployed; returns
+    (head, {app: base_url})."""
+    import ray
+
+    from services import lifecycle
+
+    head = local.LocalHead(
+        **{name: local.free_port() for name in ("port", "dashboard_port", "client_port", "agent_port")},
+        temp_dir=temp_dir, num_cpus=8, env=local.own_serve_ports(),
+    )  # fmt: skip
+    local.start(head)
+    ray.init(address=head.gcs_address, log_to_driver=False)
+    urls = {}
+    for record in records:
+        summary = lifecycle.deploy(record, log=lambda msg: print(f"[serve] {msg}", file=sys.stderr))
+        urls[record.name] = summary["endpoint"].removesuffix("/v1")
+    return head, urls
+
+
+def stop_apps(head, apps: tuple[str, ...]) -> None:
+    """Delete the apps (each engine stops cleanly before the head goes), then stop the private head."""
+    import ray
+    from ray import serve
+
+    for name in apps:
+        serve.delete(name)
+    ray.shutdown()
+    local.stop(head)
 
 
 # ---- load -----------------------------------------------------------------------------------------------------
@@ -386,12 +408,7 @@ def shutdown(bare: subprocess.Popen | None, head, work: str) -> None:
         except subprocess.TimeoutExpired:
             bare.kill()
     if head is not None:
-        import ray
-        from ray import serve
-
-        serve.delete(MODEL_ID)  # stops the engine cleanly before the head goes
-        ray.shutdown()
-        local.stop(head)
+        stop_apps(head, (MODEL_ID,))
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -39,6 +39,8 @@ from bench.serve import (  # noqa: E402
     merge,
     prompts,
     run_level,
+    start_apps,
+    stop_apps,
     wait_engines_idle,
     wait_ready,
 )
@@ -88,25 +90,6 @@ def records(model_dir: str, adapters: list[str], rank: int, args) -> list:
         out.append(AppRecord(stage=stage, name=name, model_source=model_dir, pipeline="bench", adapters=served,
                              model_fingerprint=model_fingerprint(model_dir)))  # fmt: skip
     return out
-
-
-def start(app_records: list, temp_dir: str):
-    """A private Ray head with both apps deployed; returns (head, {app: base_url})."""
-    import ray
-
-    from services import lifecycle
-
-    head = local.LocalHead(
-        **{name: local.free_port() for name in ("port", "dashboard_port", "client_port", "agent_port")},
-        temp_dir=temp_dir, num_cpus=8, env=local.own_serve_ports(),
-    )  # fmt: skip
-    local.start(head)
-    ray.init(address=head.gcs_address, log_to_driver=False)
-    urls = {}
-    for record in app_records:
-        summary = lifecycle.deploy(record, log=lambda msg: print(f"[serve] {msg}", file=sys.stderr))
-        urls[record.name] = summary["endpoint"].removesuffix("/v1")
-    return head, urls
 
 
 def app_processes(name: str) -> list[psutil.Process]:
@@ -180,7 +163,7 @@ def main() -> None:
     weights, adapter_bytes = directory_bytes(model_dir), sum(directory_bytes(p) for p in adapters)
     head = None
     try:
-        head, urls = start(app_records, os.path.join(work, "ray"))
+        head, urls = start_apps(app_records, os.path.join(work, "ray"))
         for url in urls.values():
             wait_ready(url)
         models = {BASE_APP: (BASE_APP,), LORA_APP: tuple(f"adapter-{i}" for i in range(args.adapters))}
@@ -210,15 +193,9 @@ def main() -> None:
     print(json.dumps(report))
 
 
-def shutdown(head, work: str, apps: tuple[str, ...] = (LORA_APP, BASE_APP)) -> None:
+def shutdown(head, work: str) -> None:
     if head is not None:
-        import ray
-        from ray import serve
-
-        for name in apps:
-            serve.delete(name)  # stops each engine cleanly before the head goes
-        ray.shutdown()
-        local.stop(head)
+        stop_apps(head, (LORA_APP, BASE_APP))
     shutil.rmtree(work, ignore_errors=True)
 
 
