@@ -319,7 +319,7 @@ def register_config_app(record: AppRecord) -> None:
     Serve proxy of its own node. Its served marker has no fingerprint, so nothing takes it for a finished serve
     stage's deploy (confirm_unchanged), and its record names no pipeline, so no pipeline takes its name over."""
     save_record(record)
-    _put_served(record.name, "", f"http://127.0.0.1:{record.stage.http.port}{record.route_prefix.rstrip('/')}/v1")
+    _put_served(record.name, "", endpoint_url("127.0.0.1", record.stage.http.port, record.route_prefix))
 
 
 def confirm_unchanged(record: AppRecord) -> dict[str, Any] | None:
