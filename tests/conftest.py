@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -21,6 +26,12 @@ from cluster import local, multinode  # noqa: E402
 from pipelines.errors import ClusterError  # noqa: E402
 
 free_port = local.free_port  # tests import it from here
+
+# This process is a Ray driver like the nodes' own processes, which llmctl starts with usage stats off. With them
+# on, Ray Data's usage poller thread here logs a traceback every few seconds (its Prometheus query fails), and on
+# Python 3.11 formatting a traceback parses source with `ast`, which shares one recursion counter between threads
+# (python/cpython#106905): a parse in a test at that moment fails with "AST constructor recursion depth mismatch".
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 
 
 # A Serve replica that stops (scale-down, rolling update, delete) first waits this long for HAProxy to stop
@@ -94,3 +105,34 @@ def _start_two_nodes(root: str) -> multinode.MultiNode:
     except ClusterError:
         # Ray gives a raylet 30s to register; a machine busy with other test runs can miss that once.
         return multinode.start(multinode.plan(root, workers=1, head_cpus=4, worker_cpus=4))
+
+
+@contextmanager
+def s3_server(**env: str) -> Iterator[str]:
+    """moto in server mode, in a process of its own on a free loopback port; yields its endpoint URL.
+
+    Not ThreadedMotoServer: in this process its request threads call `ast.parse` (werkzeug builds its routes that
+    way), and CPython 3.11 shares one AST recursion counter between threads (python/cpython#106905), so a parse
+    here at the same moment fails with "AST constructor recursion depth mismatch"; pytest's own parse, while it
+    prints the failure, then stops the whole session."""
+    port = free_port()
+    command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    server = subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not _accepts(port):  # a TCP connect, not a request: requests count against INITIAL_NO_AUTH_ACTION_COUNT
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"moto server on port {port} did not start (exit code {server.poll()})")
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from cli.main import main
 from cluster import jobs, multinode
 from pipelines import storage
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, s3_server
 
 pytestmark = pytest.mark.cluster
 
@@ -70,34 +70,32 @@ class S3:
     credentials_file: str
 
 
+SETUP_REQUESTS = 4  # create_user, put_user_policy, create_access_key, create_bucket
+
+
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
     """moto on loopback that refuses unsigned or wrongly signed requests, an IAM user allowed s3:*, and that
     user's keys in a shared-credentials file (the only place the secret is written)."""
     import boto3
-    import moto.settings
-    from moto.server import ThreadedMotoServer
+    from botocore.exceptions import ClientError
 
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    setup = {"endpoint_url": endpoint, "region_name": "us-east-1", "aws_access_key_id": "setup",
-             "aws_secret_access_key": "setup"}  # fmt: skip
-    iam = boto3.client("iam", **setup)
-    iam.create_user(UserName="llmctl")
-    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
-    iam.put_user_policy(UserName="llmctl", PolicyName="s3", PolicyDocument=json.dumps(policy))
-    key = iam.create_access_key(UserName="llmctl")["AccessKey"]
-    boto3.client("s3", **setup).create_bucket(Bucket="llm")
-    creds = tmp_path_factory.mktemp("aws") / "credentials"
-    creds.write_text(f"[default]\naws_access_key_id = {key['AccessKeyId']}\n"
-                     f"aws_secret_access_key = {key['SecretAccessKey']}\n")  # fmt: skip
-    enforced = moto.settings.INITIAL_NO_AUTH_ACTION_COUNT
-    moto.settings.INITIAL_NO_AUTH_ACTION_COUNT = 0  # from now on every request must be signed by a known key
-    yield S3(endpoint, key["AccessKeyId"], key["SecretAccessKey"], str(creds))
-    moto.settings.INITIAL_NO_AUTH_ACTION_COUNT = enforced
-    server.stop()
+    # moto counts requests: the first SETUP_REQUESTS go unchecked, every later one must be signed by a known key.
+    with s3_server(INITIAL_NO_AUTH_ACTION_COUNT=str(SETUP_REQUESTS)) as endpoint:
+        setup = {"endpoint_url": endpoint, "region_name": "us-east-1", "aws_access_key_id": "setup",
+                 "aws_secret_access_key": "setup"}  # fmt: skip
+        iam = boto3.client("iam", **setup)
+        iam.create_user(UserName="llmctl")
+        policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+        iam.put_user_policy(UserName="llmctl", PolicyName="s3", PolicyDocument=json.dumps(policy))
+        key = iam.create_access_key(UserName="llmctl")["AccessKey"]
+        boto3.client("s3", **setup).create_bucket(Bucket="llm")
+        with pytest.raises(ClientError, match="InvalidAccessKeyId"):
+            boto3.client("s3", **setup).list_objects_v2(Bucket="llm")  # enforcement is on from here
+        creds = tmp_path_factory.mktemp("aws") / "credentials"
+        creds.write_text(f"[default]\naws_access_key_id = {key['AccessKeyId']}\n"
+                         f"aws_secret_access_key = {key['SecretAccessKey']}\n")  # fmt: skip
+        yield S3(endpoint, key["AccessKeyId"], key["SecretAccessKey"], str(creds))
 
 
 @pytest.fixture(scope="module")

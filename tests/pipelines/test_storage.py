@@ -4,30 +4,20 @@ import pytest
 
 from pipelines import storage
 from pipelines.errors import StorageError
-from tests.conftest import free_port
+from tests.conftest import free_port, s3_server
 
 
 @pytest.fixture(scope="module")
 def s3_root():
     import boto3
-    from moto.server import ThreadedMotoServer
 
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    env = {
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    mp = pytest.MonkeyPatch()
-    for k, v in env.items():
-        mp.setenv(k, v)
-    boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1").create_bucket(Bucket="llm")
-    yield "s3://llm/prefix"
-    mp.undo()
-    server.stop()
+    with s3_server() as endpoint, pytest.MonkeyPatch.context() as mp:
+        env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+               "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+        for k, v in env.items():
+            mp.setenv(k, v)
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="llm")
+        yield "s3://llm/prefix"
 
 
 @pytest.fixture(params=["local", "s3"])
