@@ -23,7 +23,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $@
 
-install: $(VENV)/.installed
+# llm-compressor and its pins, apart from vLLM's (see the file): the quantize stage runs it from here.
+$(VENV)/quantize/.installed: infra/quantize-requirements.txt | $(VENV)/.installed
+	rm -rf $(VENV)/quantize
+	$(PY) -m pip install -q --no-deps --target $(VENV)/quantize -r infra/quantize-requirements.txt
+	touch $@
+
+install: $(VENV)/.installed $(VENV)/quantize/.installed
 
 $(DEMO)/manifest.json: | install
 	$(PY) -m jobs.demo.corpus $(DEMO)

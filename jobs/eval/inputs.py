@@ -111,14 +111,14 @@ def load_documents(uri: str, where: str, column: str, limit: int, held_out_fract
 def _texts(files: list[str], column: str, where: str) -> Iterator[Any]:
     for uri in files:
         if uri.endswith(".parquet"):
-            yield from _parquet_column(uri, column, where)
+            yield from parquet_column(uri, column, where)
             continue
-        for _, record in _json_lines(uri):
+        for _, record in json_lines(uri):
             if isinstance(record, dict):
                 yield record.get(column)
 
 
-def _parquet_column(uri: str, column: str, where: str) -> Iterator[Any]:
+def parquet_column(uri: str, column: str, where: str) -> Iterator[Any]:
     import pyarrow.parquet as pq
 
     fs, path = storage.filesystem(uri)
@@ -133,7 +133,7 @@ def _parquet_column(uri: str, column: str, where: str) -> Iterator[Any]:
             yield from batch.column(0).to_pylist()
 
 
-def _json_lines(uri: str) -> Iterator[tuple[int, Any]]:
+def json_lines(uri: str) -> Iterator[tuple[int, Any]]:
     """(line number, parsed value or None when the line is not JSON) for every non-blank line, streamed: a capped
     read of a large file stops early."""
     fs, path = storage.filesystem(uri)
@@ -154,7 +154,7 @@ def load_questions(uri: str, where: str) -> list[Question]:
     files = [f for f in data_files(uri, where) if not f.endswith(".parquet")]
     if not files:
         raise StageError(f"{where}: '{uri}' holds no JSONL file; write the questions one per line as {MC_SHAPE}")
-    questions = [parse_question(record, f"{where}: line {n} of '{f}'") for f in files for n, record in _json_lines(f)]
+    questions = [parse_question(record, f"{where}: line {n} of '{f}'") for f in files for n, record in json_lines(f)]
     if not questions:
         raise StageError(f"{where}: '{uri}' holds no questions; write them one per line as {MC_SHAPE}")
     return questions

@@ -17,13 +17,14 @@ from pipelines.spec.data import DataStage
 from pipelines.spec.distill import DistillStage
 from pipelines.spec.eval import EvalStage
 from pipelines.spec.post import DPOStage, RewardModelStage, SFTStage
+from pipelines.spec.quantize import QuantizeStage
 from pipelines.spec.rlhf import GRPOStage, PPOStage
 from pipelines.spec.serve import ServeStage
 from pipelines.spec.train import PretrainStage, TokenizerStage
 
 STAGE_CLASSES: tuple[type[StageBase], ...] = (
     DataStage, TokenizerStage, PretrainStage, SFTStage, RewardModelStage, DPOStage, GRPOStage, PPOStage,
-    ServeStage, EvalStage, DistillStage,
+    ServeStage, EvalStage, DistillStage, QuantizeStage,
 )  # fmt: skip
 Stage = Annotated[Union[STAGE_CLASSES], Field(discriminator="kind")]  # noqa: UP007 (pydantic reads this better)
 

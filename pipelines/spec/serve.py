@@ -11,6 +11,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from pipelines.spec.base import Model, StageBase
+from pipelines.spec.quantize import CPU_SCHEMES
 
 APP_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 GATEWAY_APP = "llmctl-gateway"  # the Serve app at '/' that routes by model id (services.gateway)
@@ -346,3 +347,14 @@ class ServeStage(StageBase):
                 "on CPU set it to 1."
             )
         return self
+
+    def check_pipeline(self, name: str, stages: dict[str, Any]) -> None:
+        """A quantize stage's model must be one the replicas' device runs (called by the Pipeline)."""
+        source = stages.get(self.model)
+        if source is not None and source.kind == "quantize" and not self.placement.use_gpu:
+            if source.scheme not in CPU_SCHEMES:
+                raise ValueError(
+                    f"stages.{name}.model: '{self.model}' quantizes to {source.scheme}, which vLLM runs on GPUs only; "
+                    f"set stages.{name}.placement.use_gpu: true, or quantize to {' or '.join(CPU_SCHEMES)} for CPU "
+                    "replicas"
+                )

@@ -267,6 +267,10 @@ def test_dockerfile_installs_the_project_for_cpu_and_cuda():
     ignored = read("docker", "Dockerfile.dockerignore").split()
     assert ".venv" in ignored and "runs" in ignored
     assert 'if [ "$VARIANT" = gpu ]; then PYTHON=python infra/check-gpu-deps.sh; fi' in runs, "GPU builds resolve first"
+    prefix = "\"$(python -c 'import sys; print(sys.prefix)')/quantize\""
+    assert f"--no-deps --target {prefix} -r infra/quantize-requirements.txt" in runs, "the quantize stage's libraries"
+    makefile = open(os.path.join(ROOT, "Makefile")).read()
+    assert "--no-deps --target $(VENV)/quantize -r infra/quantize-requirements.txt" in makefile
 
 
 def test_the_gpu_extra_pins_the_cuda_vllm_of_the_cpu_one():
