@@ -121,10 +121,12 @@ def frozen(role: str, shape: Shape, scaling: Any, precision: str) -> Part:
 
 
 def vllm_engine(role: str, shape: Shape, device: Device | None, use_gpu: bool, fraction: float | None,
-                kv_cache_bytes: int | None, tensor_parallel: int, engines: int, max_len: int) -> Part:  # fmt: skip
+                kv_cache_bytes: int | None, tensor_parallel: int, engines: int, max_len: int,
+                linear_bytes: float = 2.0) -> Part:  # fmt: skip
     """vLLM claims a fraction of each device (weights + KV cache + its activations); an exact KV size instead
-    claims the weights plus that cache. It starts only if the weights and one `max_len` sequence fit in it."""
-    weights = shape.params * 2 / tensor_parallel
+    claims the weights plus that cache. It starts only if the weights and one `max_len` sequence fit in it.
+    `linear_bytes`: bytes per parameter of the layers' projections (below 2 for a quantized model)."""
+    weights = shape.weight_bytes(linear_bytes) / tensor_parallel
     smallest = weights + shape.kv_bytes_per_token() * max_len / tensor_parallel
     if kv_cache_bytes is not None and not (use_gpu and fraction):
         claimed = weights + kv_cache_bytes / tensor_parallel

@@ -52,6 +52,12 @@ class Shape:
                  "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}  # fmt: skip
         return self.layers * sum(rank * sum(sizes[t]) for t in targets if t in sizes)
 
+    def weight_bytes(self, linear_bytes: float = 2.0) -> float:
+        """Bytes of the weights with the layers' linear projections stored at `linear_bytes` per parameter (a
+        quantized model: 1 for int8 or FP8, ~0.5 for int4) and the rest (embeddings, norms) in 16 bits."""
+        linear = self.layers * (self.layer_params - 2 * self.hidden)
+        return linear * linear_bytes + (self.params - linear) * 2
+
     def kv_bytes_per_token(self, bytes_per_value: int = 2) -> int:
         return 2 * self.layers * self.kv_dim * bytes_per_value  # keys and values of every layer
 

@@ -1,20 +1,23 @@
-"""Which estimate each stage kind gets, by the base class of its spec: training, RLHF or serving."""
+"""Which estimate each stage kind gets, by the base class of its spec: training, RLHF, serving or quantization."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from pipelines.capacity import memory
 from pipelines.capacity.devices import Device
-from pipelines.capacity.estimate import Estimate, combine, frozen, trainer, vllm_engine
+from pipelines.capacity.estimate import GIB, Estimate, Part, combine, frozen, trainer, vllm_engine
 from pipelines.capacity.memory import Shape
 from pipelines.capacity.models import shape_of
 from pipelines.spec.post import PostTrainStage
+from pipelines.spec.quantize import QuantizeStage
 from pipelines.spec.rlhf import RLHFStage
 from pipelines.spec.serve import ServeStage
 from pipelines.spec.train import PretrainStage
 
+QUANTIZED_BYTES = {"w8a8-int8": 1.0, "fp8-dynamic": 1.0, "w4a16": 0.5 + 2 / 128}  # int4 plus a 16-bit scale per group
 Estimator = Callable[[Any, Shape, dict[str, Any], Device | None, float], Estimate]
 
 
@@ -74,14 +77,31 @@ def rlhf(stage: Any, shape: Shape, stages: dict[str, Any], device: Device | None
 def serve(stage: Any, shape: Shape, stages: dict[str, Any], device: Device | None, mfu: float) -> Estimate:
     """max_replicas replicas of tensor_parallel_size GPUs each (the most the app can occupy)."""
     engine, placement = stage.engine, stage.placement
+    source = stages.get(stage.model)
+    linear_bytes = QUANTIZED_BYTES[source.scheme] if isinstance(source, QuantizeStage) else 2.0
     part = vllm_engine("serve", shape, device, placement.use_gpu, engine.gpu_memory_utilization,
                        engine.kv_cache_bytes, engine.tensor_parallel_size, stage.autoscaling.max_replicas,
-                       engine.max_model_len or 0)  # fmt: skip
+                       engine.max_model_len or 0, linear_bytes)  # fmt: skip
     return combine([part], [], 0.0, device, mfu, placement.use_gpu)
 
 
+def quantize(stage: Any, shape: Shape, stages: dict[str, Any], device: Device | None, mfu: float) -> Estimate:
+    """One task: the 16-bit model, and for a calibrated scheme GPTQ's Hessians of one layer (one square matrix of
+    its input width per projection, fp32) and the calibration samples' activations at that layer (fp32, the
+    layer's input and output). Minutes, not hours: the table shows no time."""
+    part = Part("quantize", shape.params, shape.params * 2 / GIB, gpus=int(stage.use_gpu),
+                bundle_gpus=float(stage.use_gpu))  # fmt: skip
+    cal = stage.calibration
+    if cal is not None:
+        h, i = shape.hidden, shape.intermediate
+        hessians = (6 * h * h + i * i) * 4  # q, k, v, gate, up see the hidden width, o the hidden, down the MLP's
+        activations = 2 * cal.samples * cal.seq_len * h * 4
+        part = replace(part, activations_gib=(hessians + activations) / GIB)
+    return combine([part], [], 0.0, device, mfu, stage.use_gpu)
+
+
 ESTIMATORS: tuple[tuple[type, Estimator], ...] = (
-    (PretrainStage, train), (PostTrainStage, train), (RLHFStage, rlhf), (ServeStage, serve),
+    (PretrainStage, train), (PostTrainStage, train), (RLHFStage, rlhf), (ServeStage, serve), (QuantizeStage, quantize),
 )  # fmt: skip
 
 

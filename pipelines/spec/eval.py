@@ -11,7 +11,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from pipelines.spec.base import StageBase
-from pipelines.spec.post import CAUSAL_LM_KINDS
+from pipelines.spec.post import INFERENCE_KINDS
 
 
 class EvalStage(StageBase):
@@ -26,15 +26,15 @@ class EvalStage(StageBase):
     """
 
     reference_fields = ("models", "text", "multiple_choice")
-    model_kinds: ClassVar[tuple[str, ...]] = CAUSAL_LM_KINDS
+    model_kinds: ClassVar[tuple[str, ...]] = INFERENCE_KINDS
 
     kind: Literal["eval"] = Field(description="Stage kind: evaluate and compare models.")
     runner: ClassVar[str] = "jobs.eval.stage:run"
     models: list[str] = Field(
         min_length=1,
         description="Models to compare, one table row each: earlier stages that export a causal language model "
-        "(pretrain, sft, dpo, grpo, ppo, distill) or Hugging Face causal-LM directories (local or s3://) with "
-        "their tokenizer files.",
+        "(pretrain, sft, dpo, grpo, ppo, distill, quantize) or Hugging Face causal-LM directories (local or s3://) "
+        "with their tokenizer files.",
     )
     text: str | None = Field(
         None,

@@ -23,6 +23,7 @@ from pipelines.spec.train import (
 # Stage kinds whose `model/` output is a causal language model: what post-training, RLHF, distillation and
 # evaluation can start from or score.
 CAUSAL_LM_KINDS = ("pretrain", "sft", "dpo", "grpo", "ppo", "distill")
+INFERENCE_KINDS = (*CAUSAL_LM_KINDS, "quantize")  # models to run (serve, evaluate) but not to train further
 LINEAR_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 DataFormat = Literal["auto", "conversations", "alpaca", "preference"]

@@ -47,8 +47,8 @@ def pipeline(**eval_fields) -> dict:
 def test_models_must_be_stages_that_export_a_causal_lm():
     assert load.validate(pipeline(models=["pretrain", "sft", "dpo", "./some/hf-dir"])).stages["eval"].kind == "eval"
     with pytest.raises(SpecError, match=r"stages.eval.models\[1\]: 'tok' is a tokenizer stage, which exports no causal "
-                                        "language model to evaluate; name a pretrain, sft, dpo, grpo, ppo or distill "
-                                        "stage, or a Hugging Face model directory"):  # fmt: skip
+                                        "language model to evaluate; name a pretrain, sft, dpo, grpo, ppo, distill or "
+                                        "quantize stage, or a Hugging Face model directory"):  # fmt: skip
         load.validate(pipeline(models=["pretrain", "tok"]))
 
 

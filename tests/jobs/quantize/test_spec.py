@@ -96,3 +96,40 @@ def test_quantize_runner_import_is_light():
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_example_is_the_tiny_pipeline_plus_quantization_and_shares_its_cache_keys():
+    """After `make run`, submitting the example runs only its own three stages: the others are tiny.yaml's."""
+    examples = f"{ROOT}/pipelines/examples"
+    tiny = plan.build(load.load(f"{examples}/tiny.yaml"), check_inputs=False)
+    spec = load.load(f"{examples}/quantize.yaml")
+    keys = {s.name: s.cache_key for s in plan.build(spec, check_inputs=False).stages}
+    assert {s.name: s.cache_key for s in tiny.stages}.items() <= keys.items()
+    added = {name: stage for name, stage in spec.stages.items() if name not in {s.name for s in tiny.stages}}
+    assert {name: stage.kind for name, stage in added.items()} == {"quant": "quantize", "serve-int8": "serve",
+                                                                   "eval-int8": "eval"}  # fmt: skip
+    assert (added["quant"].model, added["quant"].scheme) == ("align", "w8a8-int8")
+    assert added["serve-int8"].model == "quant" and added["eval-int8"].models == ["align", "quant"]
+
+
+def test_plan_sizes_the_quantize_task_and_the_smaller_weights_it_serves():
+    from pipelines.capacity.estimate import GIB, estimate_pipeline
+    from pipelines.capacity.models import shape_of
+
+    raw = pipeline(use_gpu=True, calibration={"data": "curate", "samples": 64, "seq_len": 512})
+    raw["stages"]["pretrain"]["model"] = {"preset": "1b"}
+    serve = {"kind": "serve", "autoscaling": {"target_ongoing_requests": 2}}
+    raw["stages"].update({"serve": {**serve, "model": "pretrain"}, "serve-int8": {**serve, "model": "quant"},
+                          "quant4": {**raw["stages"]["quant"], "scheme": "w4a16"},
+                          "serve-int4": {**serve, "model": "quant4"}})  # fmt: skip
+    stages = load.validate(raw).stages
+    est, shape = estimate_pipeline(stages, None), shape_of(stages, "pretrain")
+    assert (shape.hidden, shape.intermediate, shape.layers) == (2048, 8192, 16)
+    linear = 16 * (shape.layer_params - 2 * 2048)
+    assert est["serve"].vllm_gib == pytest.approx(shape.params * 2 / GIB)
+    assert est["serve-int8"].vllm_gib == pytest.approx((linear * 1 + (shape.params - linear) * 2) / GIB)
+    assert est["serve-int4"].vllm_gib < est["serve-int8"].vllm_gib < 0.6 * est["serve"].vllm_gib
+    quant = est["quant"]
+    assert (quant.gpus, quant.model_states_gib) == (1, pytest.approx(shape.params * 2 / GIB))
+    hessians, activations = (6 * 2048**2 + 8192**2) * 4, 2 * 64 * 512 * 2048 * 4
+    assert quant.activations_gib == pytest.approx((hessians + activations) / GIB)
