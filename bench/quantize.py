@@ -184,6 +184,9 @@ def main() -> None:
         return
     import ray
 
+    # A private local Ray, as llmctl's heads start: no usage stats, and no token written to ~/.ray that would turn
+    # authentication on for every later head on this machine.
+    os.environ.update(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     work = tempfile.mkdtemp(prefix="bench-quantize-")
     try:
