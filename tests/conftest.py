@@ -130,6 +130,14 @@ def s3_server(**env: str) -> Iterator[str]:
         server.wait(timeout=30)
 
 
+def import_in_fresh_process(modules: str, heavy: tuple[str, ...]) -> subprocess.CompletedProcess:
+    """Import `modules` ("a, b.c") in a new interpreter; it exits non-zero naming any of `heavy` they pulled in."""
+    code = (f"import sys, {modules};"
+            f"heavy = [m for m in {heavy!r} if m in sys.modules];"
+            "sys.exit(repr(heavy) if heavy else 0)")  # fmt: skip
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+
+
 def _accepts(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
 from pydantic import ValidationError
@@ -14,7 +12,7 @@ from pipelines.code import PROJECT
 from pipelines.errors import SpecError
 from pipelines.spec import Pipeline
 from pipelines.spec.eval import EvalStage
-from tests.conftest import ROOT
+from tests.conftest import ROOT, import_in_fresh_process
 
 
 def test_defaults_and_references():
@@ -87,10 +85,7 @@ def test_every_eval_field_has_a_description():
 
 
 def test_eval_runner_import_is_light():
-    code = (
-        "import sys, pipelines.spec, jobs.registry, jobs.eval.stage;"
-        "heavy = [m for m in ('torch', 'transformers', 'ray.data', 'deepspeed', 'vllm') if m in sys.modules];"
-        "sys.exit(repr(heavy) if heavy else 0)"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    modules = "pipelines.spec, jobs.registry, jobs.eval.stage"
+    heavy = ('torch', 'transformers', 'ray.data', 'deepspeed', 'vllm')
+    proc = import_in_fresh_process(modules, heavy)
     assert proc.returncode == 0, proc.stderr

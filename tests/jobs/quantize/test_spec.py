@@ -3,9 +3,6 @@ refusal of a scheme its replicas' device cannot run."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 from click.testing import CliRunner
 
@@ -14,7 +11,7 @@ from pipelines import load, plan
 from pipelines.errors import SpecError
 from pipelines.spec import Pipeline
 from pipelines.spec.quantize import QuantizeStage
-from tests.conftest import ROOT
+from tests.conftest import ROOT, import_in_fresh_process
 
 
 def pipeline(**quantize_fields) -> dict:
@@ -88,13 +85,9 @@ def test_every_quantize_field_has_a_description():
 
 
 def test_quantize_runner_import_is_light():
-    code = (
-        "import sys, pipelines.spec, jobs.registry, jobs.quantize.stage;"
-        "heavy = [m for m in ('torch', 'transformers', 'ray.data', 'deepspeed', 'vllm', 'llmcompressor') "
-        "if m in sys.modules];"
-        "sys.exit(repr(heavy) if heavy else 0)"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    modules = "pipelines.spec, jobs.registry, jobs.quantize.stage"
+    heavy = ('torch', 'transformers', 'ray.data', 'deepspeed', 'vllm', 'llmcompressor')
+    proc = import_in_fresh_process(modules, heavy)
     assert proc.returncode == 0, proc.stderr
 
 

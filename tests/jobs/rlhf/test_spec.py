@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
 from pydantic import ValidationError
@@ -12,6 +10,7 @@ from pydantic import ValidationError
 from pipelines import load
 from pipelines.errors import SpecError
 from pipelines.spec.rlhf import GRPOStage, PPOStage
+from tests.conftest import import_in_fresh_process
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 RULE = {"model": "sft", "prompts": "./p.jsonl", "reward_function": "jobs.rlhf.rewards:contains_word"}
@@ -85,10 +84,7 @@ def test_every_rlhf_field_has_a_description():
 
 
 def test_rlhf_runner_import_is_light():
-    code = (
-        "import sys, pipelines.spec, jobs.registry, jobs.rlhf.stage, cluster.worker_group;"
-        "heavy = [m for m in ('torch', 'deepspeed', 'ray.train', 'transformers', 'vllm') if m in sys.modules];"
-        "sys.exit(repr(heavy) if heavy else 0)"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    modules = "pipelines.spec, jobs.registry, jobs.rlhf.stage, cluster.worker_group"
+    heavy = ('torch', 'deepspeed', 'ray.train', 'transformers', 'vllm')
+    proc = import_in_fresh_process(modules, heavy)
     assert proc.returncode == 0, proc.stderr

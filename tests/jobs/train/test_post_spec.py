@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
 from pydantic import ValidationError
@@ -13,6 +11,7 @@ from pipelines import load
 from pipelines.errors import SpecError
 from pipelines.spec import Pipeline
 from pipelines.spec.post import DPOStage, RewardModelStage, SFTStage
+from tests.conftest import import_in_fresh_process
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 WARM = {"optim": {"warmup_steps": 1}, "schedule": {"steps": 10}}
@@ -116,12 +115,9 @@ def test_every_post_field_has_a_description():
 
 
 def test_post_runner_import_is_light():
-    code = (
-        "import sys, pipelines.spec, jobs.registry, jobs.train.sft, jobs.train.reward, jobs.train.dpo;"
-        "heavy = [m for m in ('torch', 'deepspeed', 'ray.train', 'transformers', 'peft') if m in sys.modules];"
-        "sys.exit(repr(heavy) if heavy else 0)"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    modules = "pipelines.spec, jobs.registry, jobs.train.sft, jobs.train.reward, jobs.train.dpo"
+    heavy = ('torch', 'deepspeed', 'ray.train', 'transformers', 'peft')
+    proc = import_in_fresh_process(modules, heavy)
     assert proc.returncode == 0, proc.stderr
 
 

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 from pydantic import ValidationError
 
 from pipelines.spec import Pipeline
 from pipelines.spec.train import DeepSpeedConfig, ModelConfig, OptimConfig, PretrainStage
+from tests.conftest import import_in_fresh_process
 
 BASE = {"kind": "pretrain", "data": "curate", "tokenizer": "tok"}
 
@@ -86,11 +83,7 @@ def test_every_field_has_a_description():
 
 
 def test_spec_import_is_light():
-    code = (
-        "import sys, pipelines.spec, jobs.train.pretrain, jobs.tokenizer;"
-        "heavy = [m for m in ('torch', 'deepspeed', 'ray.train', 'transformers') if m in sys.modules];"
-        "sys.exit(repr(heavy) if heavy else 0)"
-    )
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    modules = "pipelines.spec, jobs.train.pretrain, jobs.tokenizer"
+    heavy = ('torch', 'deepspeed', 'ray.train', 'transformers')
+    proc = import_in_fresh_process(modules, heavy)
     assert proc.returncode == 0, proc.stderr
