@@ -16,7 +16,7 @@ import numpy as np
 
 from jobs.context import StageContext
 from jobs.train.chat_data import ChatTemplate, Drop, Message, messages, parse_json, with_system
-from jobs.train.sources import TokenizerInfo, check_causal_lm, tokenizer_info
+from jobs.train.sources import TokenizerInfo, check_causal_lm, model_dir, tokenizer_info
 from pipelines import storage
 from pipelines.errors import StageError
 from pipelines.spec.base import vllm_memory_fraction
@@ -30,7 +30,7 @@ SHOWN_MISMATCHES = 3
 
 def teacher_uri(ctx: StageContext, spec: DistillStage) -> str:
     """The teacher's Hugging Face directory, checked to hold a causal language model."""
-    uri = ctx.input(spec.teacher).path("model") if spec.teacher in ctx.inputs else storage.absolute(spec.teacher)
+    uri = model_dir(ctx, spec.teacher)
     check_causal_lm(uri, f"stages.{ctx.name}.teacher", "to distil")
     return uri
 

@@ -18,7 +18,7 @@ from typing import Any
 from jobs.context import StageContext
 from jobs.train.chat_datasets import data_files
 from jobs.train.packing import is_validation
-from jobs.train.sources import check_causal_lm, tokenizer_info
+from jobs.train.sources import check_causal_lm, model_dir, tokenizer_info
 from pipelines import storage
 from pipelines.errors import StageError
 from pipelines.spec.eval import EvalStage
@@ -69,7 +69,7 @@ def resolve_models(ctx: StageContext, spec: EvalStage) -> list[ModelRef]:
     refs = []
     for i, ref in enumerate(spec.models):
         where = f"stages.{ctx.name}.models[{i}]"
-        uri = ctx.input(ref).path("model") if ref in ctx.inputs else storage.absolute(ref)
+        uri = model_dir(ctx, ref)
         check_causal_lm(uri, where, "to score")
         info = tokenizer_info(uri, where)
         if spec.prompt_format == "chat" and info.chat_template is None and (spec.multiple_choice or spec.prompts):

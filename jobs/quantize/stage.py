@@ -21,7 +21,7 @@ from jobs.eval.inputs import json_lines, parquet_column
 from jobs.quantize import oneshot
 from jobs.train.chat_data import Drop, to_conversation
 from jobs.train.chat_datasets import data_files
-from jobs.train.sources import check_causal_lm
+from jobs.train.sources import check_causal_lm, model_dir, resolve
 from pipelines import storage
 from pipelines.errors import StageError
 from pipelines.spec.quantize import W4A16_GROUP_SIZE, QuantizeStage
@@ -31,7 +31,7 @@ LIBS_ENV = "LLMCTL_QUANTIZE_LIBS"  # where llm-compressor and its pins are insta
 
 def run(ctx: StageContext) -> dict[str, Any]:
     spec: QuantizeStage = ctx.spec
-    source = ctx.input(spec.model).path("model") if spec.model in ctx.inputs else storage.absolute(spec.model)
+    source = model_dir(ctx, spec.model)
     check_causal_lm(source, f"stages.{ctx.name}.model", "to quantize")
     config = storage.read_json(storage.join(source, "config.json"))
     if spec.scheme == "w4a16":
@@ -65,7 +65,7 @@ def calibration_rows(ctx: StageContext, spec: QuantizeStage) -> list[dict[str, A
     """The first `samples` usable rows: {"text": ...} from a text column, {"messages": [...]} from chat records."""
     cal = spec.calibration
     where = f"stages.{ctx.name}.calibration.data"
-    uri = ctx.input(cal.data).uri if cal.data in ctx.inputs else storage.absolute(cal.data)
+    uri = resolve(ctx, cal.data)
     rows: list[dict[str, Any]] = []
     seen = 0
     for record in _records(data_files(uri, where), cal.text_column, where):

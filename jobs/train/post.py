@@ -18,7 +18,7 @@ from jobs.train.job import for_stage
 from jobs.train.model import ModelSource
 from jobs.train.objectives import Objective
 from jobs.train.pretrain import copy_tree
-from jobs.train.sources import TokenizerInfo, tokenizer_info
+from jobs.train.sources import TokenizerInfo, model_dir, tokenizer_info
 from pipelines import storage
 from pipelines.artifacts import STATE_DIR
 from pipelines.errors import StageError
@@ -46,7 +46,7 @@ class Base:
 
 def model_uri(ctx: StageContext, ref: str) -> str:
     """The Hugging Face directory behind `model`: an earlier stage's `model/` or the path given."""
-    uri = ctx.input(ref).path("model") if ref in ctx.inputs else storage.absolute(ref)
+    uri = model_dir(ctx, ref)
     if not storage.exists(storage.join(uri, "config.json")):
         raise StageError(
             f"stages.{ctx.name}.model: '{uri}' is not a Hugging Face model directory (no config.json). Name an "

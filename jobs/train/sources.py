@@ -17,6 +17,12 @@ def resolve(ctx: StageContext, ref: str) -> str:
     return storage.absolute(ref)
 
 
+def model_dir(ctx: StageContext, ref: str) -> str:
+    """The Hugging Face directory behind a model reference: the referenced stage's `model/`, or the value as a path
+    or URI."""
+    return ctx.input(ref).path("model") if ref in ctx.inputs else storage.absolute(ref)
+
+
 def check_causal_lm(uri: str, field: str, use: str) -> None:
     """`uri` must be a Hugging Face directory of a causal LM; `use` says what the stage needs its LM head for."""
     config_uri = storage.join(uri, "config.json")
