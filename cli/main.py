@@ -105,6 +105,8 @@ def submit(
     from cluster import runs
 
     sub = runs.submit(spec, overrides, address, wait=False, dry_run=dry_run)
+    for warning in sub.warnings:
+        click.secho(f"warning: {warning}", fg="yellow", err=True)
     click.echo(f"run {sub.run_id}: job {sub.job_id} submitted")
     click.echo(f"dashboard: {sub.target.dashboard_url}/#/jobs/{sub.job_id}")
     if no_wait:
@@ -238,8 +240,10 @@ def cluster_status() -> None:
 
 def _add_subgroups() -> None:
     from cli.serve import serve
+    from cli.tracking import tracking
 
     main.add_command(serve)
+    main.add_command(tracking)
 
 
 _add_subgroups()

@@ -27,6 +27,7 @@ class Submission:
     plan: plan.Plan
     status: str = "PENDING"
     summary: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 def make_plan(path: str, overrides: tuple[str, ...] = (), check_inputs: bool = True) -> plan.Plan:
@@ -87,7 +88,10 @@ def submit(
 ) -> Submission:
     """Validate, plan, submit as a Ray job; with `wait`, follow it and raise JobFailed unless it succeeds.
     A dry run reserves and releases every stage's placement groups instead of running the stages."""
+    from cluster import tracking
+
     p = make_plan(path, overrides)
+    warnings = tracking.check_reachable(Pipeline.model_validate(p.spec))
     target = jobs.resolve_target(address)
     check_fits(p, read_cluster(target))
     run_uri = write_run_record(p)
@@ -95,7 +99,7 @@ def submit(
     env = {**storage.job_env(), **key_digest_env(p)}
     entrypoint = f"python -m jobs.driver {run_uri}" + (" --dry-run" if dry_run else "")
     job_id = jobs.submit(target, p.run_id, entrypoint, metadata, env)
-    sub = Submission(p.run_id, job_id, target, p)
+    sub = Submission(p.run_id, job_id, target, p, warnings=warnings)
     if wait:
         follow(sub, on_log)
     return sub

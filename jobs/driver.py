@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 import traceback
@@ -20,6 +21,7 @@ from typing import Any
 
 from jobs.context import StageContext, StageOutput
 from jobs.registry import load_runner
+from jobs.tracking import RunTracker
 from pipelines import storage
 from pipelines.artifacts import STATE_DIR, SUMMARY_PREFIX
 from pipelines.errors import LlmctlError
@@ -37,15 +39,19 @@ def main(run_uri: str, dry_run: bool = False) -> int:
         return place_stages(plan, pipeline)
     outputs: dict[str, StageOutput] = {}
     summary: list[dict[str, Any]] = []
+    tracker = RunTracker(plan, pipeline, os.environ.get("RAY_JOB_SUBMISSION_ID", ""))
     for stage in plan.stages:
         try:
-            outputs[stage.name], outcome = run_stage(plan, pipeline, stage, outputs)
+            outputs[stage.name], outcome = run_stage(plan, pipeline, stage, outputs, tracker)
         except LlmctlError as exc:
             print(f"error: stage {stage.name} failed: {exc}", file=sys.stderr, flush=True)
+            tracker.close(ok=False)
             return 1
         summary.append({"stage": stage.name, "kind": stage.kind, "outcome": outcome, "uri": stage.uri,
                         "metrics": outputs[stage.name].marker.get("metrics", {})})  # fmt: skip
-    print(SUMMARY_PREFIX + json.dumps({"run_id": plan.run_id, "stages": summary}, default=str), flush=True)
+    tracker.close(ok=True)
+    runs = {"tracking": tracker.parent_ids()} if tracker.parents else {}
+    print(SUMMARY_PREFIX + json.dumps({"run_id": plan.run_id, "stages": summary, **runs}, default=str), flush=True)
     return 0
 
 
@@ -86,15 +92,20 @@ def _connect() -> None:
 
 
 def run_stage(
-    plan: Plan, pipeline: Pipeline, stage: PlannedStage, outputs: dict[str, StageOutput]
+    plan: Plan, pipeline: Pipeline, stage: PlannedStage, outputs: dict[str, StageOutput], tracker: RunTracker
 ) -> tuple[StageOutput, str]:
     """Run one stage unless its marker says it is done; returns its output and 'cached' or 'ran'."""
     if not stage.always_run and storage.exists(stage.marker_uri):
         log.info(f"[{stage.name}] cached: {stage.uri}")
-        return StageOutput(stage.name, stage.kind, stage.uri, storage.read_json(stage.marker_uri)), "cached"
+        marker = storage.read_json(stage.marker_uri)
+        tracker.cached(stage, marker)
+        return StageOutput(stage.name, stage.kind, stage.uri, marker), "cached"
     log.info(f"[{stage.name}] starting ({stage.kind}) -> {stage.uri}")
     _connect()  # only when a stage runs: a fully cached run never pays for joining the cluster
     _clear_outputs(stage.uri)
+    tracking = tracker.stage(stage)  # None when the stage logs to no tracker
+    if tracking is not None:
+        tracking.start({k: v for k, v in stage.config.items() if k != "tracking"})
     ctx = StageContext(
         name=stage.name,
         kind=stage.kind,
@@ -108,18 +119,23 @@ def run_stage(
     started = time.time()
     try:
         metrics = load_runner(stage.runner)(ctx) or {}
-    except LlmctlError as exc:  # an expected failure: its message names the field and the fix
-        log.error(f"[{stage.name}] failed: {exc}")
-        raise
-    except Exception:
-        log.error(f"[{stage.name}] failed:\n{traceback.format_exc()}")
+    except Exception as exc:
+        if isinstance(exc, LlmctlError):  # an expected failure: its message names the field and the fix
+            log.error(f"[{stage.name}] failed: {exc}")
+        else:
+            log.error(f"[{stage.name}] failed:\n{traceback.format_exc()}")
+        if tracking is not None:
+            tracking.finish(None)
         raise
     marker = {
         "stage": stage.name, "kind": stage.kind, "cache_key": stage.cache_key, "run_id": plan.run_id,
         "started": started, "seconds": round(time.time() - started, 3), "metrics": metrics,
+        "tracking": tracking.ids() if tracking is not None else {},
     }  # fmt: skip
     storage.write_json(stage.marker_uri, marker)
     log.info(f"[{stage.name}] done in {marker['seconds']:.1f}s")
+    if tracking is not None:
+        tracking.finish(marker)
     return StageOutput(stage.name, stage.kind, stage.uri, marker), "ran"
 
 

@@ -133,7 +133,7 @@ def build(pipeline: Pipeline, base_dir: str | None = None, check_inputs: bool = 
         files = _input_fingerprints(name, stage, names) if check_inputs else {}
         payload = {
             "kind": stage.kind,
-            "config": stage.model_dump(mode="json"),
+            "config": stage.model_dump(mode="json", exclude={"tracking"}),  # where it is logged changes no output
             "inputs": {path: keys[ref] for path, ref in refs.items()},
             "files": files,
             "code": PROJECT.version(type(stage).runner),

@@ -130,6 +130,18 @@ def s3_server(**env: str) -> Iterator[str]:
         server.wait(timeout=30)
 
 
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory) -> Iterator[str]:
+    """A real `mlflow server` (SQLite store, proxied artifacts) on a free loopback port, as `llmctl tracking up`
+    starts it; yields its tracking URI."""
+    from cluster import tracking
+
+    server = tracking.Server(root=str(tmp_path_factory.mktemp("mlflow")), port=free_port())
+    tracking.up(server)
+    yield server.uri
+    tracking.down(server)
+
+
 def import_in_fresh_process(modules: str, heavy: tuple[str, ...]) -> subprocess.CompletedProcess:
     """Import `modules` ("a, b.c") in a new interpreter; it exits non-zero naming any of `heavy` they pulled in."""
     code = (f"import sys, {modules};"

@@ -9,7 +9,7 @@ import base64
 import io
 from typing import Any
 
-from cli.report.scalars import Series
+from pipelines.scalars import Series
 
 BLUE, GREY, RED, GREEN = "#3b6ea8", "#9aa5b1", "#c8553d", "#4c9a6a"
 # Scalars that are bookkeeping rather than a curve worth a panel.

@@ -11,13 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from cli.report.scalars import Series, event_files, read_scalars
 from pipelines import storage
 from pipelines.artifacts import MARKER
 from pipelines.errors import StorageError
 from pipelines.plan import Plan, PlannedStage
-
-TENSORBOARD_DIRS = ("tensorboard", "_state/tensorboard")
+from pipelines.scalars import Series, stage_scalars
 
 
 @dataclass
@@ -115,11 +113,7 @@ def load_stage(stage: PlannedStage) -> StageRecord:
     stats_uri = storage.join(stage.uri, "stats.json")
     if stage.kind == "data" and marker is not None and storage.exists(stats_uri):
         record.stats = storage.read_json(stats_uri)
-    for sub in TENSORBOARD_DIRS:
-        uri = storage.join(stage.uri, sub)
-        if event_files(uri):
-            record.scalars, record.tensorboard_uri = read_scalars(uri), uri
-            break
+    record.scalars, record.tensorboard_uri = stage_scalars(stage.uri)
     return record
 
 

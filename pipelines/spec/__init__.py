@@ -20,6 +20,7 @@ from pipelines.spec.post import DPOStage, RewardModelStage, SFTStage
 from pipelines.spec.quantize import QuantizeStage
 from pipelines.spec.rlhf import GRPOStage, PPOStage
 from pipelines.spec.serve import ServeStage
+from pipelines.spec.tracking import TrackingConfig
 from pipelines.spec.train import PretrainStage, TokenizerStage
 
 STAGE_CLASSES: tuple[type[StageBase], ...] = (
@@ -57,6 +58,9 @@ class Pipeline(Model):
     )
     description: str = Field("", description="Free text shown by `llmctl plan`.")
     capacity: CapacityConfig = Field(default_factory=CapacityConfig, description="Planning assumptions.")
+    tracking: TrackingConfig | None = Field(
+        None, description="Experiment trackers (MLflow, W&B) every stage logs to; a stage's own `tracking` replaces it."
+    )
     stages: dict[str, Stage] = Field(
         min_length=1, description="Stages by name, run in file order; a stage reads earlier stages by name."
     )
@@ -100,6 +104,11 @@ class Pipeline(Model):
             if hasattr(stage, "check_pipeline"):
                 stage.check_pipeline(name, self.stages)
         return self
+
+    def tracking_for(self, name: str) -> TrackingConfig | None:
+        """The trackers stage `name` logs to (its own `tracking`, else the pipeline's); None when there are none."""
+        config = self.stages[name].tracking or self.tracking
+        return config if config is not None and config.enabled else None
 
 
 def adapter_only(stage: Any) -> bool:

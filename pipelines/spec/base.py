@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from pipelines.spec.model import Model
+from pipelines.spec.tracking import TrackingConfig
 
-class Model(BaseModel):
-    """Frozen, strict config: unknown keys are errors, resolved values go into a new object."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
+__all__ = ["Model", "StageBase", "Scaling", "vllm_memory_fraction"]
 
 
 class StageBase(Model):
@@ -25,6 +24,12 @@ class StageBase(Model):
     reference_fields: ClassVar[tuple[str, ...]] = ()  # names of fields that may hold stage names
     runner: ClassVar[str] = ""  # "jobs.train.sft:run": called with the stage's StageContext, returns its metrics
     always_run: ClassVar[bool] = False  # its effect lives outside its artifacts (a running app): runs on every submit
+
+    tracking: TrackingConfig | None = Field(
+        None,
+        description="This stage's experiment trackers, replacing the pipeline's `tracking` ({} turns tracking off "
+        "for this stage). Not part of the cache key.",
+    )
 
     def references(self, stage_names: set[str]) -> dict[str, str]:
         """Field path -> referenced stage name, for each reference field set on this stage."""

@@ -114,7 +114,7 @@ def test_black_box_stage_fine_tunes_the_student_on_the_teachers_answers(ray_sess
                                                                         teacher_dir, tmp_path):  # fmt: skip
     """The whole black-box stage: the teacher answers the chat data's prompts, the student is fine-tuned on those
     answers (short greedy answers are easy to imitate, so its loss falls fast) and exported."""
-    from cli.report.scalars import read_scalars
+    from pipelines.scalars import read_scalars
 
     spec = DistillStage(
         kind="distill", model=base_model_dir, teacher=teacher_dir, data=f"{chat_dir}/sft.jsonl", mode="black_box",

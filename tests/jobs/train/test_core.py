@@ -129,7 +129,7 @@ def test_checkpoints_go_to_s3_through_our_filesystem(monkeypatch):
 def test_tensorboard_sync_puts_every_logged_step_on_disk_before_the_writer_is_closed(tmp_path):
     """A checkpoint syncs the event files; a worker killed right after must not take queued events with it (the
     killed worker's writer is never closed, so the files are read as they are)."""
-    from cli.report.scalars import read_scalars
+    from pipelines.scalars import read_scalars
 
     uri = str(tmp_path / "tb")
     tb = metrics.TensorBoard(uri, enabled=True)

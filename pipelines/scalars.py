@@ -12,6 +12,8 @@ import struct
 from pipelines import storage
 
 Series = list[tuple[int, float]]  # (step, value), sorted by step
+# Where a stage's scalars are: `tensorboard/` once it finished, `_state/tensorboard/` while it runs.
+TENSORBOARD_DIRS = ("tensorboard", "_state/tensorboard")
 
 
 def event_files(uri: str) -> list[str]:
@@ -28,6 +30,15 @@ def read_scalars(uri: str) -> dict[str, Series]:
             if step not in seen or seen[step][0] <= wall:
                 seen[step] = (wall, value)
     return {tag: sorted((step, v) for step, (_, v) in points.items()) for tag, points in sorted(latest.items())}
+
+
+def stage_scalars(stage_uri: str) -> tuple[dict[str, Series], str | None]:
+    """A stage's scalars and the directory they were read from; ({}, None) for a stage that logs none."""
+    for sub in TENSORBOARD_DIRS:
+        uri = storage.join(stage_uri, sub)
+        if event_files(uri):
+            return read_scalars(uri), uri
+    return {}, None
 
 
 def _read_bytes(uri: str) -> bytes:
