@@ -40,6 +40,7 @@ class StageContext:
     cache_key: str
     out_uri: str
     inputs: dict[str, StageOutput] = field(default_factory=dict)
+    tracking: Any = None  # the stage's TrackingConfig (pipelines.spec.tracking), None without trackers
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("llmctl.stage"))
     started: float = field(default_factory=time.time)
 

@@ -115,6 +115,7 @@ def run_stage(
         cache_key=stage.cache_key,
         out_uri=stage.uri,
         inputs={name: outputs[name] for name in stage.inputs},
+        tracking=pipeline.tracking_for(stage.name),
     )
     started = time.time()
     try:

@@ -25,7 +25,7 @@ from pipelines.errors import StageError
 from pipelines.plan import Plan, PlannedStage
 from pipelines.scalars import stage_scalars
 from pipelines.spec import Pipeline
-from pipelines.spec.tracking import MlflowConfig, TrackingConfig, WandbConfig
+from pipelines.spec.tracking import REGISTERED, MlflowConfig, TrackingConfig, WandbConfig
 
 log = logging.getLogger("llmctl")
 STATE_FILE = "tracking.json"
@@ -67,7 +67,7 @@ class MlflowSink:
     def client(config: MlflowConfig):
         from mlflow.tracking import MlflowClient
 
-        return MlflowClient(tracking_uri=config.tracking_uri)
+        return MlflowClient(tracking_uri=config.tracking_uri, registry_uri=config.tracking_uri)
 
     @classmethod
     def start(cls, config: MlflowConfig, experiment: str, name: str, tags: dict[str, str], resume: str = ""):
@@ -140,6 +140,28 @@ class MlflowSink:
             self.client(self.config).set_terminated(self.run_id, "FINISHED" if ok else "FAILED")
 
 
+def download_registered(ref: str, config: MlflowConfig, dest_uri: str) -> str:
+    """The files of registered model version `ref` (models:/<name>/<version>), copied to `dest_uri` unless an
+    earlier run did."""
+    from mlflow.artifacts import download_artifacts
+
+    if storage.exists(storage.join(dest_uri, "config.json")):
+        return dest_uri if storage.is_remote(dest_uri) else storage.absolute(dest_uri)
+    with _reported(config), tempfile.TemporaryDirectory() as tmp:
+        name, version = ref[len(REGISTERED) :].split("/")
+        source = MlflowSink.client(config).get_model_version_download_uri(name, version)
+        local = download_artifacts(artifact_uri=source, dst_path=tmp, tracking_uri=config.tracking_uri)
+        if not os.path.isfile(os.path.join(local, "config.json")):
+            raise StageError(f"model: {ref} holds no Hugging Face model (no config.json at its root)")
+        if storage.is_remote(dest_uri):
+            storage.upload_dir(local, dest_uri)
+            return dest_uri
+        import shutil
+
+        shutil.copytree(local, storage.absolute(dest_uri), dirs_exist_ok=True)
+        return storage.absolute(dest_uri)
+
+
 def _run_exists(client, run_id: str) -> bool:
     from mlflow.exceptions import MlflowException
 
@@ -209,7 +231,9 @@ class WandbSink:
         self.run.summary.update(values)
 
     def artifact(self, local_path: str, artifact_path: str | None = None) -> None:
-        self.run.save(local_path, base_path=os.path.dirname(local_path), policy="now")
+        import shutil  # files in the run's directory are part of the run (uploaded online, kept offline)
+
+        shutil.copy(local_path, self.run.dir)
 
     def register(self, name: str, model_dir: str) -> str:
         return ""  # the MLflow registry is the one llmctl registers in
@@ -242,7 +266,7 @@ class RunTracker:
             return None
         register = config.mlflow is not None and config.mlflow.register_model
         tracker = StageTracker(stage, dict(sinks), state_uri, f"{self.plan.pipeline}-{stage.name}" if register else "")
-        tracker.save()
+        tracker.resume(state.get("logged", {}))
         return tracker
 
     def cached(self, stage: PlannedStage, marker: dict[str, Any]) -> None:
@@ -327,9 +351,6 @@ class StageTracker:
     def __init__(self, stage: PlannedStage, sinks: dict[tuple, Any], state_uri: str, register_as: str = "") -> None:
         self.stage, self.sinks, self.state_uri, self.register_as = stage, sinks, state_uri, register_as
         self.logged: dict[str, int] = {}  # metric -> last step logged
-        for sink in sinks.values():
-            for metric, step in sink.logged_steps().items():
-                self.logged[metric] = max(step, self.logged.get(metric, -1))
         self.stop = threading.Event()
         self.thread: threading.Thread | None = None
         self.lock = threading.Lock()
@@ -337,8 +358,15 @@ class StageTracker:
     def ids(self) -> dict[str, str]:
         return {key[0]: sink.run_id for key, sink in self.sinks.items()}
 
+    def resume(self, saved: dict[str, int]) -> None:
+        """Steps logged by an earlier attempt of this stage: what its state file saved and what MLflow holds."""
+        for logged in (saved, *(sink.logged_steps() for sink in self.sinks.values())):
+            for metric, step in logged.items():
+                self.logged[metric] = max(step, self.logged.get(metric, -1))
+        self.save()
+
     def save(self) -> None:
-        storage.write_json(self.state_uri, self.ids())
+        storage.write_json(self.state_uri, {**self.ids(), "logged": self.logged})
 
     def start(self, config: dict[str, Any]) -> None:
         self._each(lambda sink: sink.params(params(config)))
@@ -363,6 +391,7 @@ class StageTracker:
                 self._each(lambda sink: sink.log(points))
                 for step, key, _ in points:
                     self.logged[key] = max(step, self.logged.get(key, -1))
+                self.save()
             return max(self.logged.values(), default=0)
 
     def finish(self, marker: dict[str, Any] | None) -> str:

@@ -17,6 +17,7 @@ from pipelines.artifacts import MARKER
 from pipelines.code import PROJECT
 from pipelines.errors import SpecError, did_you_mean
 from pipelines.spec import Pipeline, StageBase
+from pipelines.spec.tracking import is_registered
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ def _resolve_stage(stage: StageBase, names: set[str], base_dir: str | None) -> S
     for field_name in type(stage).reference_fields:
         value = getattr(stage, field_name)
         if isinstance(value, str):
-            update[field_name] = value if value in names else storage.absolute(value, base_dir)
+            update[field_name] = value if value in names or is_registered(value) else storage.absolute(value, base_dir)
         elif isinstance(value, (list, tuple)):
             update[field_name] = [v if v in names else storage.absolute(v, base_dir) for v in value]
     return stage.model_copy(update=update)
@@ -160,7 +161,7 @@ def build(pipeline: Pipeline, base_dir: str | None = None, check_inputs: bool = 
 def _input_fingerprints(name: str, stage: StageBase, names: set[str]) -> dict[str, Any]:
     prints: dict[str, Any] = {}
     for path, value in stage.reference_values():
-        if value in names:
+        if value in names or is_registered(value):  # a registered version never changes: its name is its print
             continue
         matches = storage.expand(value)
         if not matches:

@@ -16,8 +16,10 @@ from typing import Any
 
 from jobs.context import StageContext
 from pipelines import storage
+from pipelines.artifacts import STATE_DIR
 from pipelines.errors import StageError
 from pipelines.spec.serve import Lora, ServeStage
+from pipelines.spec.tracking import is_registered
 from services import auth, lifecycle
 from services.app import Adapter, AppRecord, model_fingerprint
 
@@ -26,6 +28,13 @@ def model_source(ctx: StageContext) -> str:
     """The model to serve: an earlier stage's exported HF directory, or the path/URI given in the spec."""
     spec: ServeStage = ctx.spec
     uri = ctx.input(spec.model).path("model") if spec.model in ctx.inputs else spec.model
+    if is_registered(uri):
+        from jobs.tracking import download_registered
+
+        # Under _state/, which a re-run keeps: the version's files never change, and the app's fingerprint (file
+        # times) stays the same, so an unchanged app is not redeployed on every submit.
+        uri = download_registered(uri, ctx.tracking.mlflow, ctx.path(STATE_DIR, "registered", *uri[8:].split("/")))
+        ctx.log(f"{spec.model} from {ctx.tracking.mlflow.tracking_uri} -> {uri}")
     if storage.is_remote(uri):
         return uri  # Serve LLM downloads s3:// / gs:// model directories itself
     path = storage.absolute(uri)

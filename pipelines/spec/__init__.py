@@ -20,7 +20,7 @@ from pipelines.spec.post import DPOStage, RewardModelStage, SFTStage
 from pipelines.spec.quantize import QuantizeStage
 from pipelines.spec.rlhf import GRPOStage, PPOStage
 from pipelines.spec.serve import ServeStage
-from pipelines.spec.tracking import TrackingConfig
+from pipelines.spec.tracking import TrackingConfig, is_registered
 from pipelines.spec.train import PretrainStage, TokenizerStage
 
 STAGE_CLASSES: tuple[type[StageBase], ...] = (
@@ -103,6 +103,24 @@ class Pipeline(Model):
         for name, stage in self.stages.items():
             if hasattr(stage, "check_pipeline"):
                 stage.check_pipeline(name, self.stages)
+        return self
+
+    @model_validator(mode="after")
+    def _registered_models(self) -> Pipeline:
+        """A serve stage may take a version from the MLflow registry, which it reads from its tracking server."""
+        for name, stage in self.stages.items():
+            if is_registered(getattr(stage, "model", "")) and stage.kind != "serve":
+                raise ValueError(f"stages.{name}.model: only a serve stage takes a registered model ({stage.model})")
+            if is_registered(getattr(stage, "model", "")) and not (self.tracking_for(name) or TrackingConfig()).mlflow:
+                raise ValueError(
+                    f"stages.{name}.model: '{stage.model}' is a version in an MLflow model registry; set "
+                    "tracking.mlflow.tracking_uri to the server that holds it."
+                )
+            if is_registered(getattr(stage, "model", "")) and not re.match(r"^models:/[^/]+/\d+$", stage.model):
+                raise ValueError(
+                    f"stages.{name}.model: '{stage.model}' is not a registered model version; write "
+                    "models:/<name>/<version>, e.g. models:/tiny-sft/1"
+                )
         return self
 
     def tracking_for(self, name: str) -> TrackingConfig | None:

@@ -15,6 +15,13 @@ from pydantic import Field, field_validator
 
 from pipelines.spec.model import Model
 
+REGISTERED = "models:/"  # a model version in the MLflow registry: models:/<name>/<version>
+
+
+def is_registered(ref: str) -> bool:
+    return isinstance(ref, str) and ref.startswith(REGISTERED)
+
+
 TOKEN_ENV = ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "WANDB_API_KEY")
 
 

@@ -9,7 +9,8 @@ import pytest
 
 from jobs.tracking import RunTracker, flatten, numbers, params
 from jobs.train.metrics import TensorBoard
-from pipelines import load, plan as planning
+from pipelines import load
+from pipelines import plan as planning
 from pipelines.artifacts import MARKER
 from pipelines.spec import Pipeline
 
@@ -97,3 +98,111 @@ def test_a_resumed_stage_continues_its_child_run_without_logging_a_step_twice(ml
     assert {a.path for a in mlflow.list_artifacts(child)} >= {"_SUCCESS.json", "model"}
     registered = mlflow.get_model_version("tracked-pretrain", version)
     assert registered.run_id == child
+    # ... which a serve stage reads back as models:/<name>/<version>
+    from jobs.tracking import download_registered
+
+    served = download_registered(f"models:/tracked-pretrain/{version}", pipeline.tracking.mlflow, str(tmp_path / "dl"))
+    assert open(os.path.join(served, "config.json")).read() == '{"model_type": "llama"}'
+
+
+def wandb_history(wandb_dir: str, run_id: str) -> list[dict]:
+    """History rows of a W&B run, read back from its offline transaction logs by W&B's own reader."""
+    import glob
+    import json
+    import subprocess
+    import sys
+
+    rows = []
+    for run_dir in sorted(glob.glob(os.path.join(wandb_dir, "wandb", f"offline-run-*-{run_id}"))):
+        wandb = os.path.join(os.path.dirname(sys.executable), "wandb")
+        out = subprocess.run([wandb, "leet", "inspect", "--json", run_dir], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        records = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+        rows += [r["history"]["item"] for r in records if r.get("type") == "history"]
+    return rows
+
+
+@pytest.mark.slow
+def test_wandb_offline_runs_hold_the_same_history_and_a_retried_stage_skips_logged_steps(tmp_path):
+    wandb_dir = tmp_path / "wandb"
+    p, pipeline = make_plan(tmp_path, f"{{wandb: {{project: llmctl-test, mode: offline, dir: {wandb_dir}}}}}")
+    stage = p.stages[0]
+    first = RunTracker(p, pipeline, job_id="job-1")
+    tracking = first.stage(stage)
+    tracking.start(stage.config)
+    write_steps(stage.uri, range(10, 30, 10))
+    tracking.finish(None)  # the stage failed after logging steps 10 and 20
+    first.close(ok=False)
+    child = tracking.ids()["wandb"]
+
+    write_steps(stage.uri, range(20, 50, 10), offset=0.5)
+    second = RunTracker(p, pipeline, job_id="job-2")
+    tracking = second.stage(stage)
+    assert tracking.ids()["wandb"] == child, "the retried stage continues its W&B run"
+    tracking.start(stage.config)
+    open(os.path.join(stage.uri, MARKER), "w").write("{}")
+    tracking.finish({"metrics": {"tokens_per_s": 5.0}})
+    second.close(ok=True)
+
+    rows = wandb_history(str(wandb_dir), child)
+    assert [r["_step"] for r in rows if "loss" in r] == [10, 20, 30, 40], "each step once, in order"
+    assert [r["loss"] for r in rows if "loss" in r][:2] == [9.0, 8.0]
+    assert [r["_step"] for r in rows if "tokens_per_s" in r] == [40]
+    assert os.path.exists(next(iter(wandb_dir.glob(f"wandb/offline-run-*-{child}/files/_SUCCESS.json"))))
+
+
+AUTOSCALING = "{min_replicas: 1, max_replicas: 1, target_ongoing_requests: 2}"
+
+
+def serve_spec(tmp_path, model: str, tracking: str = "") -> str:
+    path = tmp_path / "serve.yaml"
+    path.write_text(f"""
+name: served
+storage: {tmp_path}/runs
+{tracking}
+stages:
+  serve: {{kind: serve, model: "{model}", autoscaling: {AUTOSCALING}}}
+""")
+    return str(path)
+
+
+def test_a_registered_model_needs_a_tracking_server_and_a_version(tmp_path):
+    from pipelines.errors import SpecError
+
+    with pytest.raises(SpecError) as err:
+        load.load(serve_spec(tmp_path, "models:/tiny-sft/1"))
+    assert "stages.serve.model: 'models:/tiny-sft/1' is a version in an MLflow model registry; set " \
+        "tracking.mlflow.tracking_uri to the server that holds it." in str(err.value)
+    tracking = "tracking: {mlflow: {tracking_uri: 'http://127.0.0.1:5000'}}"
+    with pytest.raises(SpecError) as err:
+        load.load(serve_spec(tmp_path, "models:/tiny-sft/latest", tracking))
+    assert "write models:/<name>/<version>, e.g. models:/tiny-sft/1" in str(err.value)
+    p = planning.build(load.load(serve_spec(tmp_path, "models:/tiny-sft/3", tracking)))
+    assert p.stages[0].config["model"] == "models:/tiny-sft/3", "not taken for a relative path"
+    with pytest.raises(SpecError) as err:
+        load.load(serve_spec(tmp_path, "x", "tracking: {mlflow: {tracking_uri: ./mlruns}}"))
+    assert "'./mlruns' is not a tracking server: give its http(s) address" in str(err.value)
+
+
+def test_tracking_is_not_part_of_the_cache_keys(tmp_path):
+    plain, _ = make_plan(tmp_path, "null")
+    tracked, _ = make_plan(tmp_path, "{mlflow: {tracking_uri: 'http://127.0.0.1:1'}}")
+    assert [s.cache_key for s in plain.stages] == [s.cache_key for s in tracked.stages]
+    assert plain.run_id != tracked.run_id, "the run record holds the trackers it logged to"
+
+
+def test_submit_refuses_an_unreachable_tracking_server_naming_it(tmp_path):
+    from click.testing import CliRunner
+
+    from cli.main import main
+    from tests.conftest import free_port
+
+    uri = f"http://127.0.0.1:{free_port()}"
+    spec = pipeline_file(tmp_path, f"{{mlflow: {{tracking_uri: '{uri}'}}}}")
+    for d, name in (("text", "a.jsonl"), ("tok", "tokenizer.json")):
+        os.makedirs(tmp_path / d)
+        (tmp_path / d / name).write_text("{}")
+    result = CliRunner().invoke(main, ["submit", spec, "--address", "http://127.0.0.1:1"])
+    assert result.exit_code == 2
+    assert f"tracking.mlflow.tracking_uri: no MLflow server answers at {uri}. Start one with `llmctl tracking up`" \
+        in result.output
