@@ -122,7 +122,8 @@ def quantize(work: str, source: str, scheme: str, corpus: dict) -> dict:
         for kind in corpus.values():
             f.writelines(json.dumps({"text": d}) + "\n" for d in kind[0][:32])
     spec = QuantizeStage(kind="quantize", model=source, scheme=scheme,
-                         calibration={"data": calibration, "samples": 64, "seq_len": SEQ_LEN})  # fmt: skip
+                         calibration={"data": calibration, "samples": 64, "seq_len": SEQ_LEN},
+                         num_cpus=2)  # fmt: skip (both cores: Ray gives a task as many OpenMP threads as CPUs)
     return stage.run(StageContext("quant", "quantize", spec, "b", "r", "k", f"{work}/{scheme}"))
 
 

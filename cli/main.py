@@ -119,6 +119,24 @@ def submit(
     else:
         follow_live(sub)
     print_summary(sub)
+    _attach_report(sub)
+
+
+def _attach_report(sub) -> None:
+    """A tracked run's HTML report, as an artifact of its MLflow parent run (written with this shell's
+    credentials, like everything the CLI logs)."""
+    from cluster import tracking
+    from pipelines.spec import Pipeline
+
+    parent = sub.summary.get("tracking", {}).get("mlflow")
+    config = Pipeline.model_validate(sub.plan.spec).tracking
+    if not parent or config is None or config.mlflow is None:
+        return
+    from cli.report import write_report
+
+    report = write_report(sub.run_id, sub.plan.storage, address=sub.target.dashboard_url)
+    tracking.attach(config.mlflow.tracking_uri, parent, report.path)
+    click.echo(f"report: {report.path} (also on MLflow run {parent})")
 
 
 @main.command()

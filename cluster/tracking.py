@@ -109,6 +109,13 @@ def _alive(pid: int) -> bool:
         return True
 
 
+def attach(uri: str, run_id: str, path: str) -> None:
+    """A file as an artifact of an MLflow run."""
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(uri).log_artifact(run_id, path)
+
+
 def check_reachable(pipeline: Pipeline) -> list[str]:
     """Before submitting: every MLflow server the pipeline logs to answers. An unreachable one stops the submit
     (naming it), or with `required: false` gives one warning (returned)."""

@@ -62,7 +62,8 @@ def test_a_tracked_run_logs_a_parent_and_stage_runs_registers_models_and_a_cache
     parent = parents[0]
     assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children.values())
     assert all(c.info.status == "FINISHED" for c in children.values())
-    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"spec.json", "plan.json"}
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"spec.json", "plan.json", "report.html"}
+    assert f"(also on MLflow run {parent.info.run_id})" in first.output
 
     markers = {s: storage.read_json(f) for f in storage.list_files(f"{tmp_path}/runs", "_SUCCESS")
                for s in [storage.read_json(f)["stage"]]}  # fmt: skip
