@@ -276,17 +276,19 @@ class RunTracker:
             return
         produced = marker.get("tracking", {})
         for key, _ in self._sinks(config, stage, {}):
-            parent = self._parent(config, key)
-            if parent is not None:
-                parent.tags({f"llmctl.stage.{stage.name}": f"cached; produced by run {produced.get(key[0], '?')}"})
+            try:
+                parent = self._parent(config, key)
+            except StageError as exc:
+                self._unavailable(config, key, exc)
+                continue
+            parent.tags({f"llmctl.stage.{stage.name}": f"cached; produced by run {produced.get(key[0], '?')}"})
 
     def parent_ids(self) -> dict[str, str]:
-        return {key[0]: parent.run_id for key, parent in self.parents.items() if parent is not None}
+        return {key[0]: parent.run_id for key, parent in self.parents.items()}
 
     def close(self, ok: bool) -> None:
         for parent in self.parents.values():
-            if parent is not None:
-                parent.end(ok)
+            parent.end(ok)
 
     def _sinks(self, config: TrackingConfig, stage: PlannedStage, state: dict[str, Any]):
         """(key, opener) of each tracker the stage logs to."""

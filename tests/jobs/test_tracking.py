@@ -206,3 +206,22 @@ def test_submit_refuses_an_unreachable_tracking_server_naming_it(tmp_path):
     assert result.exit_code == 2
     assert f"tracking.mlflow.tracking_uri: no MLflow server answers at {uri}. Start one with `llmctl tracking up`" \
         in result.output
+
+
+def test_in_the_job_an_unreachable_server_fails_the_stage_unless_tracking_is_optional(tmp_path, caplog):
+    from pipelines.errors import StageError
+    from tests.conftest import free_port
+
+    uri = f"http://127.0.0.1:{free_port()}"
+    p, pipeline = make_plan(tmp_path, f"{{mlflow: {{tracking_uri: '{uri}'}}}}")
+    with pytest.raises(StageError) as err:
+        RunTracker(p, pipeline).stage(p.stages[0])
+    assert str(err.value).startswith("tracking.mlflow.tracking_uri: ")
+    assert f"no MLflow server answers at {uri} from this cluster's nodes" in str(err.value)
+
+    p, pipeline = make_plan(tmp_path, f"{{mlflow: {{tracking_uri: '{uri}'}}, required: false}}")
+    tracker = RunTracker(p, pipeline)
+    assert tracker.stage(p.stages[0]) is None, "the stage runs untracked"
+    assert tracker.stage(p.stages[0]) is None
+    warnings = [r.message for r in caplog.records if "tracking.required is false" in r.message]
+    assert len(warnings) == 1, "one warning, not one per stage"
