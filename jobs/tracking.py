@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tempfile
 import threading
 from typing import Any
@@ -43,9 +44,16 @@ def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: value} if prefix else {}
 
 
+def metric_name(name: str) -> str:
+    """A metric name MLflow accepts: alphanumerics, '_', '-', '.', ' ', ':' and '/' (the data funnel's rule names
+    hold '<' and '>', e.g. 'filter:gopher_quality:alpha_words<0.8')."""
+    return re.sub(r"[^\w\-. :/]", "_", name)
+
+
 def numbers(metrics: dict[str, Any]) -> dict[str, float]:
     """The numeric leaves of a stage's metrics, by dotted name."""
-    return {k: float(v) for k, v in flatten(metrics).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    flat = flatten(metrics).items()
+    return {metric_name(k): float(v) for k, v in flat if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def params(config: dict[str, Any]) -> dict[str, str]:
@@ -387,8 +395,8 @@ class StageTracker:
         """Log the stage's scalars not logged yet; returns the last step seen."""
         with self.lock:
             scalars, _ = stage_scalars(self.stage.uri)
-            points = [(step, key, value) for key, series in scalars.items() for step, value in series
-                      if step > self.logged.get(key, -1)]  # fmt: skip
+            points = [(step, metric_name(key), value) for key, series in scalars.items() for step, value in series
+                      if step > self.logged.get(metric_name(key), -1)]  # fmt: skip
             if points:
                 self._each(lambda sink: sink.log(points))
                 for step, key, _ in points:

@@ -74,8 +74,9 @@ def test_a_tracked_run_logs_a_parent_and_stage_runs_registers_models_and_a_cache
         uri = storage.join(f"{tmp_path}/runs/tracked/{stage}", markers[stage]["cache_key"])
         scalars, _ = stage_scalars(uri)
         run_id = children[stage].info.run_id
-        history = client.get_metric_history(run_id, "loss")
-        assert [(m.step, m.value) for m in history] == pytest.approx(scalars["loss"])
+        history = sorted(client.get_metric_history(run_id, "loss"), key=lambda m: m.step)
+        assert [m.step for m in history] == [step for step, _ in scalars["loss"]]
+        assert [m.value for m in history] == pytest.approx([value for _, value in scalars["loss"]])
         assert max(m.step for m in history) == steps
         assert children[stage].data.params["schedule.steps"] == str(steps)
         version = client.get_model_version(f"tracked-{stage}", "1")

@@ -54,6 +54,7 @@ def client(uri: str):
 def test_metric_names_and_params_are_flat():
     assert flatten({"rows": {"kept": 3, "in": 5}, "loss": 1.5}) == {"rows.kept": 3, "rows.in": 5, "loss": 1.5}
     assert numbers({"rows": {"kept": 3}, "ok": True, "name": "x", "mfu": None}) == {"rows.kept": 3.0}
+    assert numbers({"by_reason": {"filter:words<0.8": 2}}) == {"by_reason.filter:words_0.8": 2.0}, "as MLflow allows"
     assert params({"model": {"preset": "tiny"}, "data": ["a", "b"]}) == {"model.preset": "tiny", "data": '["a", "b"]'}
 
 
