@@ -226,3 +226,18 @@ def test_in_the_job_an_unreachable_server_fails_the_stage_unless_tracking_is_opt
     assert tracker.stage(p.stages[0]) is None
     warnings = [r.message for r in caplog.records if "tracking.required is false" in r.message]
     assert len(warnings) == 1, "one warning, not one per stage"
+
+
+def test_tracking_status_names_the_address_and_how_to_start_it(tmp_path):
+    from click.testing import CliRunner
+
+    from cli.main import main
+    from tests.conftest import free_port
+
+    port = free_port()
+    result = CliRunner().invoke(main, ["tracking", "status", "--storage", str(tmp_path), "--port", str(port)])
+    assert result.exit_code == 1
+    down = f"MLflow tracking server: down at http://127.0.0.1:{port} (start it with `llmctl tracking up`)"
+    assert down in result.output
+    result = CliRunner().invoke(main, ["tracking", "down", "--storage", str(tmp_path), "--port", str(port)])
+    assert result.output.strip() == "MLflow tracking server was not running"
