@@ -127,6 +127,13 @@ def quantize(work: str, source: str, scheme: str, corpus: dict) -> dict:
     return stage.run(StageContext("quant", "quantize", spec, "b", "r", "k", f"{work}/{scheme}"))
 
 
+def reused(source: str, model: str) -> dict:
+    """The metrics of a model quantized by an earlier run: its size (the quantization time was that run's)."""
+    from jobs.quantize.stage import model_bytes
+
+    return {"size_ratio": round(model_bytes(model) / model_bytes(source), 4), "quantize_s": None}
+
+
 def measure(model: str, held_out: dict[str, list[str]], rounds: int, max_tokens: int) -> dict:
     """Runs in its own process: bits per character of each kind of held-out text and decode tokens/s."""
     from vllm import LLM, SamplingParams
@@ -173,6 +180,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--schemes", default="w8a8-int8,w4a16")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--reuse", metavar="DIR",
+                        help="measure the models an earlier run left in DIR (its work directory, kept with --keep)")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (printed) for --reuse")
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("--held-out", help=argparse.SUPPRESS)
     return parser.parse_args()
@@ -189,12 +199,16 @@ def main() -> None:
     # authentication on for every later head on this machine.
     os.environ.update(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    work = tempfile.mkdtemp(prefix="bench-quantize-")
+    work = args.reuse or tempfile.mkdtemp(prefix="bench-quantize-")
     try:
         corpus = texts()
         held_out = {kind: docs[1] for kind, docs in corpus.items()}
-        source = train(work, args.preset, args.steps, corpus)
-        quantized = {scheme: quantize(work, source, scheme, corpus) for scheme in args.schemes.split(",")}
+        if args.reuse:  # the same texts (seeded): only the measurements run again
+            source = f"{work}/source/model"
+            quantized = {scheme: reused(source, f"{work}/{scheme}/model") for scheme in args.schemes.split(",")}
+        else:
+            source = train(work, args.preset, args.steps, corpus)
+            quantized = {scheme: quantize(work, source, scheme, corpus) for scheme in args.schemes.split(",")}
         first = measure_in_process(source, held_out, args)
         runs = {scheme: measure_in_process(f"{work}/{scheme}/model", held_out, args) for scheme in quantized}
         last = measure_in_process(source, held_out, args)
@@ -218,7 +232,10 @@ def main() -> None:
         print(json.dumps(report))
     finally:
         ray.shutdown()
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep or args.reuse:
+            print(f"work directory kept: {work}", flush=True)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
