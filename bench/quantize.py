@@ -121,9 +121,13 @@ def quantize(work: str, source: str, scheme: str, corpus: dict) -> dict:
     with open(calibration, "w") as f:
         for kind in corpus.values():
             f.writelines(json.dumps({"text": d}) + "\n" for d in kind[0][:32])
-    spec = QuantizeStage(kind="quantize", model=source, scheme=scheme,
-                         calibration={"data": calibration, "samples": 64, "seq_len": SEQ_LEN},
-                         num_cpus=2)  # fmt: skip (both cores: Ray gives a task as many OpenMP threads as CPUs)
+    spec = QuantizeStage(
+        kind="quantize",
+        model=source,
+        scheme=scheme,
+        calibration={"data": calibration, "samples": 64, "seq_len": SEQ_LEN},
+        num_cpus=2,
+    )  # both cores: Ray gives a task as many OpenMP threads as CPUs
     return stage.run(StageContext("quant", "quantize", spec, "b", "r", "k", f"{work}/{scheme}"))
 
 
@@ -180,8 +184,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--schemes", default="w8a8-int8,w4a16")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--reuse", metavar="DIR",
-                        help="measure the models an earlier run left in DIR (its work directory, kept with --keep)")
+    parser.add_argument(
+        "--reuse",
+        metavar="DIR",
+        help="measure the models an earlier run left in DIR (its work directory, kept with --keep)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (printed) for --reuse")
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("--held-out", help=argparse.SUPPRESS)
