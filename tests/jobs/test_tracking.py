@@ -18,7 +18,7 @@ from pipelines.spec import Pipeline
 def pipeline_file(tmp_path, tracking: str) -> str:
     path = tmp_path / "p.yaml"
     path.write_text(f"""
-name: tracked
+name: retried  # its own experiment: the session server also holds the job test's
 storage: {tmp_path}/runs
 tracking: {tracking}
 stages:
@@ -97,12 +97,12 @@ def test_a_resumed_stage_continues_its_child_run_without_logging_a_step_twice(ml
     assert run.data.tags["mlflow.parentRunId"] in parents and len(parents) == 2, "one parent run per submission"
     assert {r.data.params["job_id"] for r in parents.values()} == {"job-1", "job-2"}
     assert {a.path for a in mlflow.list_artifacts(child)} >= {"_SUCCESS.json", "model"}
-    registered = mlflow.get_model_version("tracked-pretrain", version)
+    registered = mlflow.get_model_version("retried-pretrain", version)
     assert registered.run_id == child
     # ... which a serve stage reads back as models:/<name>/<version>
     from jobs.tracking import download_registered
 
-    served = download_registered(f"models:/tracked-pretrain/{version}", pipeline.tracking.mlflow, str(tmp_path / "dl"))
+    served = download_registered(f"models:/retried-pretrain/{version}", pipeline.tracking.mlflow, str(tmp_path / "dl"))
     assert open(os.path.join(served, "config.json")).read() == '{"model_type": "llama"}'
 
 
