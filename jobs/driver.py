@@ -92,9 +92,15 @@ def _connect() -> None:
 
 
 def run_stage(
-    plan: Plan, pipeline: Pipeline, stage: PlannedStage, outputs: dict[str, StageOutput], tracker: RunTracker
+    plan: Plan,
+    pipeline: Pipeline,
+    stage: PlannedStage,
+    outputs: dict[str, StageOutput],
+    tracker: RunTracker | None = None,
 ) -> tuple[StageOutput, str]:
-    """Run one stage unless its marker says it is done; returns its output and 'cached' or 'ran'."""
+    """Run one stage unless its marker says it is done; returns its output and 'cached' or 'ran'. `tracker`: the
+    submission's experiment trackers (main opens them once for all stages)."""
+    tracker = tracker or RunTracker(plan, pipeline)
     if not stage.always_run and storage.exists(stage.marker_uri):
         log.info(f"[{stage.name}] cached: {stage.uri}")
         marker = storage.read_json(stage.marker_uri)
