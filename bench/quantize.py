@@ -142,15 +142,17 @@ def measure(model: str, held_out: dict[str, list[str]], rounds: int, max_tokens:
     """Runs in its own process: bits per character of each kind of held-out text and decode tokens/s."""
     from vllm import LLM, SamplingParams
 
-    llm = LLM(model=model, dtype="bfloat16", max_model_len=SEQ_LEN * 2, enforce_eager=True,
+    llm = LLM(model=model, dtype="bfloat16", max_model_len=SEQ_LEN, enforce_eager=True,
               kv_cache_memory_bytes=512 << 20, seed=0)  # fmt: skip
     tokenizer = llm.get_tokenizer()
     bpc = {}
     for kind, docs in held_out.items():
-        prompts = [tokenizer.decode(tokenizer(d)["input_ids"][:SEQ_LEN]) for d in docs]
+        # SEQ_LEN - 1 prompt tokens, as ids: the model has SEQ_LEN positions, and vLLM generates one token after.
+        ids = [tokenizer(d)["input_ids"][: SEQ_LEN - 1] for d in docs]
+        prompts = [{"prompt_token_ids": i} for i in ids]
         outs = llm.generate(prompts, SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False)
         nats = sum(-next(iter(p.values())).logprob for o in outs for p in o.prompt_logprobs[1:] if p)
-        chars = sum(len(p) for p in prompts)
+        chars = sum(len(tokenizer.decode(i, skip_special_tokens=True)) for i in ids)
         bpc[kind] = nats / chars / 0.6931471805599453
     prompt = [tokenizer.decode(tokenizer(held_out["real"][i])["input_ids"][:32]) for i in range(STREAMS)]
     params = SamplingParams(max_tokens=max_tokens, ignore_eos=True, temperature=0)
