@@ -176,7 +176,8 @@ def measure_in_process(model: str, held_out: dict, args) -> dict:
     os.unlink(job.name)
     if done.returncode != 0:
         raise SystemExit(f"measuring {model} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    # vLLM may print after the report at shutdown: the report is the last line that is a JSON object.
+    return json.loads(next(line for line in reversed(done.stdout.splitlines()) if line.startswith('{"bpc"')))
 
 
 def parse_args() -> argparse.Namespace:
