@@ -4,6 +4,7 @@ with TensorBoard files written by the training loop's own writer stands in for a
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -135,6 +136,11 @@ def test_wandb_offline_runs_hold_the_same_history_and_a_retried_stage_skips_logg
     tracking.finish(None)  # the stage failed after logging steps 10 and 20
     first.close(ok=False)
     child = tracking.ids()["wandb"]
+    # W&B names an offline run's directory by the second it starts: a resumed run within the same second would
+    # share the first one's directory (a real resubmit is seconds later).
+    first_second = int(time.time())
+    while int(time.time()) == first_second:
+        time.sleep(0.05)
 
     write_steps(stage.uri, range(20, 50, 10), offset=0.5)
     second = RunTracker(p, pipeline, job_id="job-2")
