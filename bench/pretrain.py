@@ -42,7 +42,7 @@ from cluster import local  # noqa: E402
 from jobs import tokenizer as tokenizer_stage  # noqa: E402
 from jobs.context import StageContext  # noqa: E402
 from jobs.train import packing, pretrain, sources  # noqa: E402
-from jobs.train.model import ModelSource, llama_config  # noqa: E402
+from jobs.train.model import ModelSource, model_config  # noqa: E402
 from pipelines.spec.train import PretrainStage, TokenizerStage  # noqa: E402
 
 WARMUP_STEPS = 3  # excluded from steady-state timing on both paths (as in the stage's Throughput meter)
@@ -178,7 +178,7 @@ def plain_loop(spec: PretrainStage, sequences: Any, info: Any, steps: int, threa
     from jobs.train.optim import build_optimizer, lr_factor
 
     torch.set_num_threads(threads)
-    model = ModelSource(config=llama_config(spec.model, info, spec.schedule.seq_len)).build(spec.schedule.seed)
+    model = ModelSource(config=model_config(spec.model, info, spec.schedule.seq_len)).build(spec.schedule.seed)
     model.config.use_cache = False
     optimizer = build_optimizer(model, spec.optim, offload=False)
     o, mb = spec.optim, spec.schedule.micro_batch_size

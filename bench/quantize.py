@@ -76,7 +76,7 @@ def train(work: str, preset: str, steps: int, corpus: dict) -> str:
     from jobs import tokenizer as tokenizer_stage
     from jobs.context import StageContext
     from jobs.train.export import copy_tokenizer
-    from jobs.train.model import ModelSource, llama_config
+    from jobs.train.model import ModelSource, model_config
     from jobs.train.sources import tokenizer_info
     from pipelines.spec.train import ModelConfig, TokenizerStage
 
@@ -86,7 +86,7 @@ def train(work: str, preset: str, steps: int, corpus: dict) -> str:
     spec = TokenizerStage(kind="tokenizer", data=f"{work}/text", vocab_size=8192)
     tokenizer_stage.run(StageContext("tokenizer", "tokenizer", spec, "b", "r", "k", f"{work}/tokenizer"))
     info = tokenizer_info(f"{work}/tokenizer", "tokenizer")
-    model = ModelSource(config=llama_config(ModelConfig(preset=preset), info, seq_len=SEQ_LEN)).build(seed=0)
+    model = ModelSource(config=model_config(ModelConfig(preset=preset), info, seq_len=SEQ_LEN)).build(seed=0)
 
     from tokenizers import Tokenizer
 

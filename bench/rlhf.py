@@ -72,7 +72,7 @@ def chat_model(work: str) -> tuple[str, str]:
     from jobs.demo.chat import write_demo_chat
     from jobs.train import post
     from jobs.train.export import copy_tokenizer
-    from jobs.train.model import ModelSource, llama_config
+    from jobs.train.model import ModelSource, model_config
     from jobs.train.sources import tokenizer_info
     from pipelines.spec.train import ModelConfig
 
@@ -86,7 +86,7 @@ def chat_model(work: str) -> tuple[str, str]:
     spec = TokenizerStage(kind="tokenizer", data=os.path.dirname(text), vocab_size=512)
     tokenizer_stage.run(StageContext("tokenizer", "tokenizer", spec, "t", "r", "k", tok))
     info = tokenizer_info(tok, "tokenizer")
-    model = ModelSource(config=llama_config(ModelConfig(preset="tiny"), info, seq_len=128)).build(seed=0)
+    model = ModelSource(config=model_config(ModelConfig(preset="tiny"), info, seq_len=128)).build(seed=0)
     model.generation_config.eos_token_id = [info.eos_id, *post.stop_tokens(info, "model")]
     out = os.path.join(work, "model")
     model.save_pretrained(out)

@@ -65,6 +65,10 @@ def start_engine(
     import deepspeed
 
     _without_shm_comm_op_on_cpu()
+    if config.get("zero_optimization", {}).get("stage") == 3:
+        from jobs.train.moe import set_zero3_leaf_modules
+
+        set_zero3_leaf_modules(model)
     if activation_checkpointing:  # non-reentrant: works with frozen inputs (LoRA) and ZeRO-3's gathered weights
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=lr_scheduler, config=config)

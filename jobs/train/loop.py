@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from itertools import islice
 from typing import Any
 
-from jobs.train import checkpoint, export
+from jobs.train import checkpoint, export, moe
 from jobs.train.checkpoint import TrainerState
 from jobs.train.job import TrainJob
 from jobs.train.metrics import TensorBoard, Throughput, device_peak_flops, mfu
@@ -53,11 +53,12 @@ class TrainLoop:
         self.resumed_from = 0
         self.steps_run = 0
         self.last_checkpoint = -1
+        self.routing: moe.Routing | None = None  # an MoE model's routers, once the model is built
         self.loss_sum: Any = 0.0  # on-device sum of micro-batch losses since the last log (no per-step sync)
-        self.metric_sums: dict[str, Any] = dict.fromkeys(job.objective.metric_names, 0.0)  # likewise, per metric
+        self.metric_sums: dict[str, Any] = {}  # likewise, per metric (set with the model: MoE adds aux_loss)
         self.loss_count = 0
         self.last_loss: float | None = None
-        self.last_metrics: dict[str, float | None] = dict.fromkeys(job.objective.metric_names)
+        self.last_metrics: dict[str, float | None] = {}
         self.eval_set: list[dict[str, Any]] | None = None  # validation micro-batches, read once per attempt
         self.throughput = Throughput()
         self.tensorboard = TensorBoard(job.tensorboard_uri, enabled=self.rank == 0)
@@ -71,6 +72,8 @@ class TrainLoop:
 
         self.log(f"{self.world} worker(s) on {self.device}, {torch.get_num_threads()} torch threads each")
         self.engine = self.build_engine()
+        self.metric_sums = dict.fromkeys(self.metric_names, 0.0)
+        self.last_metrics = dict.fromkeys(self.metric_names)
         self.job.objective.setup(self.device)
         self.resume()
         self.flops_per_token = flops_per_token(self.engine.module.config, self.job.schedule.seq_len)
@@ -95,6 +98,7 @@ class TrainLoop:
         job = self.job
         model = job.model.build(seed=job.schedule.seed)
         model.config.use_cache = False
+        self.routing = moe.Routing.attach(model)
         optimizer = build_optimizer(model, job.optim, offload=job.offload_optimizer)
         schedule = scheduler_factory(job.optim, job.schedule.steps)
         return start_engine(model, optimizer, schedule, job.deepspeed, job.activation_checkpointing)
@@ -137,7 +141,23 @@ class TrainLoop:
             self.state.epoch += 1
             self.state.batches_in_epoch = 0
 
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        """The objective's metrics, and for an MoE model the routers' load-balancing loss."""
+        return (*self.job.objective.metric_names, *(("aux_loss",) if self.routing is not None else ()))
+
     # --- the step -------------------------------------------------------------------------------------------
+
+    def objective_loss(self, batch: dict[str, Any], training: bool) -> tuple[Any, Any, dict[str, Any]]:
+        """(objective loss, loss to backpropagate, metrics). For an MoE model the second adds the routers'
+        load-balancing loss × router_aux_loss_coef, reported as aux_loss; training passes count expert load."""
+        if self.routing is None:
+            loss, metrics = self.job.objective.loss(self.engine, batch)
+            return loss, loss, metrics
+        self.routing.clear()
+        loss, metrics = self.job.objective.loss(self.engine, batch)
+        aux = self.routing.aux_loss(count=training)
+        return loss, loss + self.routing.coef * aux, {**metrics, "aux_loss": aux.detach()}
 
     def train_step(self, batches: Iterator[dict[str, Any]]) -> None:
         """One optimizer step. Its time runs from the end of the previous one, so logging and reporting count
@@ -146,8 +166,8 @@ class TrainLoop:
         tokens = 0
         for _ in range(self.job.schedule.grad_accum):
             batch = next(batches)
-            loss, metrics = self.job.objective.loss(self.engine, batch)
-            self.engine.backward(loss)
+            loss, total, metrics = self.objective_loss(batch, training=True)
+            self.engine.backward(total)
             self.engine.step()
             self.loss_sum = self.loss_sum + loss.detach()
             for name in self.metric_sums:
@@ -208,6 +228,7 @@ class TrainLoop:
         return {
             "loss": self.last_loss,
             **self.last_metrics,
+            **(self.routing.log_load(self.all_reduce, self.tensorboard, self.state.step) if self.routing else {}),
             "lr": float(self.engine.get_lr()[0]),
             "grad_norm": self.grad_norm(),
             "tokens_per_s": rate,
@@ -223,7 +244,7 @@ class TrainLoop:
     def evaluate(self) -> dict[str, float | None]:
         """eval_loss (per token, or per pair) and eval_<metric> over the validation micro-batches of all ranks,
         each batch weighted by what its loss averages over."""
-        names = ["loss", *self.job.objective.metric_names]
+        names = ["loss", *self.metric_names]
         if "val" not in self.splits:
             return dict.fromkeys((f"eval_{n}" for n in names), None)
         import torch
@@ -232,7 +253,7 @@ class TrainLoop:
         self.engine.eval()
         with torch.no_grad():
             for batch in self.validation_batches():
-                loss, metrics = self.job.objective.loss(self.engine, batch)
+                loss, _, metrics = self.objective_loss(batch, training=False)
                 weight = float(metrics["loss_tokens"])
                 row = [float(v) * weight for v in (loss, *(metrics[n] for n in names[1:]))] + [weight]
                 total += torch.tensor(row, dtype=torch.float64, device=self.device)
@@ -317,6 +338,7 @@ class TrainLoop:
             "world_size": self.world,
             "precision": self.job.precision,
             "zero_stage": self.job.zero_stage,
+            **(self.routing.summary() if self.routing is not None else {}),
         }
 
     # --- helpers --------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The model a training run starts from: a fresh Llama from spec dimensions, or a Hugging Face directory."""
+"""The model a training run starts from: a fresh Llama (or Qwen3-MoE) from spec dimensions, or a Hugging Face
+directory."""
 
 from __future__ import annotations
 
@@ -22,10 +23,12 @@ def round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
-def llama_config(model: ModelConfig, tokenizer: TokenizerInfo, seq_len: int) -> dict[str, Any]:
-    """`transformers.LlamaConfig` keyword arguments for a model sized by the spec and the tokenizer."""
+def model_config(model: ModelConfig, tokenizer: TokenizerInfo, seq_len: int) -> dict[str, Any]:
+    """`transformers.AutoConfig.for_model` keyword arguments (model_type first) for a model sized by the spec and
+    the tokenizer: a Llama, or with `moe` a Qwen3-MoE (the same block with expert MLPs)."""
     dims = model.dims()
-    return {
+    config = {
+        "model_type": "llama",
         "vocab_size": round_up(tokenizer.vocab_size, VOCAB_MULTIPLE),
         "hidden_size": dims["hidden_size"],
         "intermediate_size": dims["intermediate_size"],
@@ -41,6 +44,20 @@ def llama_config(model: ModelConfig, tokenizer: TokenizerInfo, seq_len: int) -> 
         "eos_token_id": tokenizer.eos_id,
         "pad_token_id": tokenizer.pad_id,
     }
+    moe = model.moe_dims()
+    if moe is not None:
+        config.update(
+            model_type="qwen3_moe",
+            head_dim=dims["hidden_size"] // dims["num_heads"],
+            num_experts=moe["num_experts"],
+            num_experts_per_tok=moe["experts_per_token"],
+            moe_intermediate_size=moe["expert_intermediate_size"],
+            decoder_sparse_step=moe["every_n_layers"],
+            norm_topk_prob=True,  # the k routing weights sum to 1, as in Qwen3-MoE's released models
+            router_aux_loss_coef=moe["router_aux_loss_coef"],
+            output_router_logits=False,  # the training loop adds the aux loss itself, for every objective
+        )
+    return config
 
 
 HEADS = ("causal_lm", "reward")
@@ -50,7 +67,7 @@ HEADS = ("causal_lm", "reward")
 class ModelSource:
     """How a worker gets its starting weights and what the stage exports.
 
-    `config` builds a fresh Llama (pretraining); `pretrained_uri` loads a Hugging Face directory (SFT, reward
+    `config` builds a fresh model (pretraining: `model_config`); `pretrained_uri` loads a Hugging Face directory (SFT, reward
     model, DPO). `head` picks the output layer: "causal_lm" (next-token logits) or "reward" (one scalar per
     sequence, read at its last non-pad token: LlamaForSequenceClassification with num_labels=1). `lora` wraps
     the model in LoRA adapters that export merges back into the weights."""
@@ -65,7 +82,7 @@ class ModelSource:
     def build(self, seed: int) -> PreTrainedModel:
         """The model in fp32 on the CPU; every rank builds the same weights from the same seed."""
         import torch
-        from transformers import LlamaConfig, LlamaForCausalLM
+        from transformers import AutoConfig, AutoModelForCausalLM
 
         assert self.head in HEADS, f"unknown head {self.head!r}"
         torch.manual_seed(seed)
@@ -74,7 +91,8 @@ class ModelSource:
                 model = self.auto_class().from_pretrained(path, dtype=torch.float32, **self.head_kwargs())
         else:
             assert self.config is not None, "ModelSource needs a config or a pretrained_uri"
-            model = LlamaForCausalLM(LlamaConfig(**self.config))
+            kwargs = dict(self.config)
+            model = AutoModelForCausalLM.from_config(AutoConfig.for_model(kwargs.pop("model_type"), **kwargs))
         if model.config.pad_token_id is None and self.pad_token_id is not None:
             model.config.pad_token_id = self.pad_token_id
         return self.adapt(model)
@@ -127,10 +145,26 @@ class ModelSource:
 
 def flops_per_token(config: Any, seq_len: int) -> float:
     """Training FLOPs per token (forward + backward), the PaLM appendix-B estimate used for MFU:
-    6 × (matmul parameters, the output projection included) + 12 × layers × hidden × seq_len for attention."""
+    6 × (matmul parameters a token runs through, the output projection included) + 12 × layers × hidden × seq_len
+    for attention. In an MoE layer a token runs the router and its experts_per_token experts (active parameters)."""
     hidden, layers = config.hidden_size, config.num_hidden_layers
     head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
     kv = config.num_key_value_heads * head_dim
-    per_layer = hidden * (hidden + 2 * kv) + hidden * hidden + 3 * hidden * config.intermediate_size
-    matmul_params = layers * per_layer + config.vocab_size * hidden
-    return 6.0 * matmul_params + 12.0 * layers * hidden * seq_len
+    attention = hidden * (hidden + 2 * kv) + hidden * hidden
+    dense_mlp = 3 * hidden * config.intermediate_size
+    moe = moe_layers(config)
+    moe_mlp = 0
+    if moe:
+        moe_mlp = 3 * hidden * config.moe_intermediate_size * config.num_experts_per_tok + hidden * config.num_experts
+    matmul_params = layers * attention + (layers - len(moe)) * dense_mlp + len(moe) * moe_mlp
+    return 6.0 * (matmul_params + config.vocab_size * hidden) + 12.0 * layers * hidden * seq_len
+
+
+def moe_layers(config: Any) -> list[int]:
+    """The decoder layers with experts (transformers' Qwen3-MoE rule); [] for a dense model."""
+    from jobs.train.moe import is_moe
+
+    if not is_moe(config):
+        return []
+    step, dense = config.decoder_sparse_step, set(getattr(config, "mlp_only_layers", None) or [])
+    return [i for i in range(config.num_hidden_layers) if i not in dense and (i + 1) % step == 0]

@@ -12,7 +12,7 @@ from typing import Any
 from jobs.context import StageContext
 from jobs.train import launch, sources
 from jobs.train.job import TrainJob, for_stage
-from jobs.train.model import ModelSource, llama_config
+from jobs.train.model import ModelSource, model_config
 from jobs.train.objectives import CausalLM
 from pipelines import storage
 from pipelines.artifacts import STATE_DIR
@@ -47,7 +47,7 @@ def build_objective(ctx: StageContext, spec: PretrainStage) -> CausalLM:
 
 
 def build_job(ctx: StageContext, spec: PretrainStage, objective: CausalLM) -> TrainJob:
-    model = ModelSource(config=llama_config(spec.model, objective.tokenizer, spec.schedule.seq_len))
+    model = ModelSource(config=model_config(spec.model, objective.tokenizer, spec.schedule.seq_len))
     return for_stage(ctx.name, spec, model, objective, ctx, tokenizer_uri=objective.tokenizer.uri)
 
 

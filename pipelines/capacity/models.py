@@ -24,8 +24,13 @@ def shape_of(stages: dict[str, Any], ref: str | None, depth: int = 0) -> Shape |
             return None
         dims = stage.model.dims()
         padded = -(-vocab // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+        moe = stage.model.moe_dims()
+        experts = {} if moe is None else {
+            "experts": moe["num_experts"], "experts_per_token": moe["experts_per_token"],
+            "expert_intermediate": moe["expert_intermediate_size"],
+            "moe_layers": dims["num_layers"] // moe["every_n_layers"]}  # fmt: skip
         return Shape(padded, dims["hidden_size"], dims["num_layers"], dims["num_heads"], dims["num_kv_heads"],
-                     dims["intermediate_size"], stage.model.tie_embeddings)  # fmt: skip
+                     dims["intermediate_size"], stage.model.tie_embeddings, **experts)  # fmt: skip
     return shape_of(stages, getattr(stage, "model", None), depth + 1)
 
 
@@ -51,6 +56,18 @@ def _from_hf_dir(path: str) -> Shape | None:
         heads = c["num_attention_heads"]
         tied = c.get("tie_word_embeddings", False)
         return Shape(c["vocab_size"], c["hidden_size"], c["num_hidden_layers"], heads,
-                     c.get("num_key_value_heads", heads), c["intermediate_size"], tied)  # fmt: skip
+                     c.get("num_key_value_heads", heads), c["intermediate_size"], tied, **_experts(c))  # fmt: skip
     except KeyError:
         return None
+
+
+def _experts(c: dict[str, Any]) -> dict[str, int]:
+    """The MoE fields of a Hugging Face config (Qwen3-MoE's names; Mixtral's num_local_experts), or none."""
+    experts = c.get("num_experts") or c.get("num_local_experts") or 0
+    if experts < 2 or "num_experts_per_tok" not in c:
+        return {}
+    step, dense = c.get("decoder_sparse_step", 1) or 1, set(c.get("mlp_only_layers") or [])
+    layers = [i for i in range(c["num_hidden_layers"]) if i not in dense and (i + 1) % step == 0]
+    width = c.get("moe_intermediate_size") or c["intermediate_size"]
+    return {"experts": experts, "experts_per_token": c["num_experts_per_tok"], "expert_intermediate": width,
+            "moe_layers": len(layers)}  # fmt: skip

@@ -24,6 +24,13 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
         "rope_theta": 500_000.0,
     },
 }  # fmt: skip
+# Mixture-of-experts variants: the dense preset's attention with 8 experts, 2 active per token, each half the
+# dense MLP's width, so a token runs as many MLP parameters as in the dense preset (equal active parameters).
+MOE_PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
+    "tiny-moe": ("tiny", {"num_experts": 8, "experts_per_token": 2, "expert_intermediate_size": 88}),
+    "125m-moe": ("125m", {"num_experts": 8, "experts_per_token": 2, "expert_intermediate_size": 1024}),
+}
+PRESET_NAMES = ("tiny", "125m", "350m", "1b", "tiny-moe", "125m-moe")
 DIM_FIELDS = ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size")
 
 CHATML_TEMPLATE = (
@@ -110,11 +117,58 @@ class TokenizerStage(StageBase):
         return CHATML_TEMPLATE if self.chat_template == "chatml" else self.chat_template
 
 
-class ModelConfig(Model):
-    """A Llama-architecture model: a preset, optionally with some dimensions overridden, or all dimensions."""
+class MoeConfig(Model):
+    """Mixture-of-experts feed-forward layers, in the Qwen3-MoE architecture (`Qwen3MoeForCausalLM`).
 
-    preset: Literal["tiny", "125m", "350m", "1b"] | None = Field(
-        "tiny", description="Size preset: tiny (CPU tests), 125m, 350m, 1b. Null requires every dimension below."
+    Qwen3-MoE is a Llama block (RMSNorm, RoPE, grouped-query attention, SwiGLU) whose MLP is a softmax top-k router
+    over SwiGLU experts, so a dense model and its MoE variant differ only in the feed-forward layers; vLLM serves
+    it (also on CPU), transformers loads it unchanged, and its `decoder_sparse_step` gives MoE every n-th layer.
+    Mixtral routes every layer and Qwen2-MoE puts a bias on q/k/v, so neither is the dense model plus experts.
+    Routing is dropless: every token reaches its top-k experts (no capacity factor), so no token is dropped.
+    """
+
+    num_experts: int = Field(8, ge=2, description="Experts per MoE layer (at least 2: one expert is a dense MLP).")
+    experts_per_token: int = Field(2, ge=1, description="Experts each token is routed to (top-k); at most num_experts.")
+    expert_intermediate_size: int | None = Field(
+        None,
+        gt=0,
+        description="Each expert's MLP width; default: the dense intermediate_size / experts_per_token, so a token "
+        "runs as many MLP parameters as the dense model (equal active parameters).",
+    )
+    shared_experts: Literal[0] = Field(
+        0,
+        description="Experts every token also goes through. Qwen3-MoE has none, so only 0 is accepted; the "
+        "architectures with a shared expert (Qwen2-MoE, DeepSeek) change the attention block as well.",
+    )
+    router_aux_loss_coef: float = Field(
+        0.01,
+        ge=0,
+        description="Weight of the router's load-balancing loss (Switch Transformer's; transformers' "
+        "load_balancing_loss_func) added to the training objective; 0 turns it off. It is logged as aux_loss.",
+    )
+    every_n_layers: int = Field(
+        1, ge=1, description="Make every n-th decoder layer MoE (the others keep the dense MLP); 1: every layer."
+    )
+
+    @model_validator(mode="after")
+    def _top_k(self) -> MoeConfig:
+        if self.experts_per_token > self.num_experts:
+            raise ValueError(
+                f"moe.experts_per_token ({self.experts_per_token}) is more than moe.num_experts "
+                f"({self.num_experts}); a token cannot go to more experts than a layer has: lower experts_per_token "
+                f"or raise num_experts"
+            )
+        return self
+
+
+class ModelConfig(Model):
+    """A Llama-architecture model (or its mixture-of-experts variant): a preset, optionally with some dimensions
+    overridden, or all dimensions."""
+
+    preset: Literal["tiny", "125m", "350m", "1b", "tiny-moe", "125m-moe"] | None = Field(
+        "tiny",
+        description="Size preset: tiny (CPU tests), 125m, 350m, 1b, or the mixture-of-experts tiny-moe and "
+        "125m-moe (8 experts, top-2, the dense preset's active parameters). Null requires every dimension below.",
     )
     hidden_size: int | None = Field(None, gt=0, description="Model width; overrides the preset.")
     num_layers: int | None = Field(None, gt=0, description="Decoder layers; overrides the preset.")
@@ -136,6 +190,22 @@ class ModelConfig(Model):
     )
     tie_embeddings: bool = Field(True, description="Share the input embedding and output projection weights.")
     init_std: float = Field(0.02, gt=0, description="Standard deviation of the normal weight initialisation.")
+    moe: MoeConfig | None = Field(
+        None,
+        description="Mixture-of-experts feed-forward layers (Qwen3-MoE) on any preset; the fields given override "
+        "an MoE preset's. Null: the preset's (dense for tiny, 125m, 350m, 1b).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moe_over_preset(cls, data: Any) -> Any:
+        """An MoE preset's settings under the fields the spec gives (`moe: {num_experts: 4}` on tiny-moe)."""
+        if isinstance(data, dict) and data.get("preset") in MOE_PRESETS:
+            given = data.get("moe")
+            if given is not None and not isinstance(given, dict):
+                return data  # pydantic reports the type
+            data = {**data, "moe": {**MOE_PRESETS[data["preset"]][1], **(given or {})}}
+        return data
 
     @model_validator(mode="after")
     def _dims_complete(self) -> ModelConfig:
@@ -143,9 +213,14 @@ class ModelConfig(Model):
         if self.preset is None and missing:
             raise ValueError(
                 f"model.preset is null, so every dimension must be given; missing: {', '.join(missing)}. "
-                f"Set model.preset (tiny, 125m, 350m, 1b) or give the missing fields."
+                f"Set model.preset ({', '.join(PRESET_NAMES)}) or give the missing fields."
             )
         dims = self.dims()
+        if self.moe is not None and self.moe.every_n_layers > dims["num_layers"]:
+            raise ValueError(
+                f"model.moe.every_n_layers ({self.moe.every_n_layers}) is more than model.num_layers "
+                f"({dims['num_layers']}), so no layer would have experts; lower every_n_layers"
+            )
         if dims["hidden_size"] % dims["num_heads"]:
             raise ValueError(
                 f"model.num_heads ({dims['num_heads']}) must divide model.hidden_size ({dims['hidden_size']}); "
@@ -161,11 +236,21 @@ class ModelConfig(Model):
     def dims(self) -> dict[str, Any]:
         """The resolved dimensions: the preset's values with the explicit fields on top."""
         dims: dict[str, Any] = {"rope_theta": 10_000.0}
-        dims.update(MODEL_PRESETS.get(self.preset or "", {}))
+        dense = MOE_PRESETS[self.preset][0] if self.preset in MOE_PRESETS else self.preset
+        dims.update(MODEL_PRESETS.get(dense or "", {}))
         for name in (*DIM_FIELDS, "rope_theta"):
             if getattr(self, name) is not None:
                 dims[name] = getattr(self, name)
         return dims
+
+    def moe_dims(self) -> dict[str, Any] | None:
+        """The resolved MoE settings (expert width filled in), or None for a dense model."""
+        if self.moe is None:
+            return None
+        moe = self.moe.model_dump()
+        if moe["expert_intermediate_size"] is None:
+            moe["expert_intermediate_size"] = max(1, self.dims()["intermediate_size"] // moe["experts_per_token"])
+        return moe
 
 
 def _divisor_near(n: int, target: int) -> int:

@@ -17,12 +17,12 @@ def teacher_dir(base_model_dir, chat_dir, tmp_path_factory) -> str:  # noqa: F81
     import torch
 
     from jobs.train.export import copy_tokenizer
-    from jobs.train.model import ModelSource, llama_config
+    from jobs.train.model import ModelSource, model_config
     from jobs.train.sources import tokenizer_info
     from pipelines.spec.train import ModelConfig
 
     size = ModelConfig(preset="tiny", hidden_size=128, num_layers=4, intermediate_size=352)
-    model = ModelSource(config=llama_config(size, tokenizer_info(base_model_dir, "teacher"), seq_len=128)).build(1)
+    model = ModelSource(config=model_config(size, tokenizer_info(base_model_dir, "teacher"), seq_len=128)).build(1)
     ids, labels, _ = chat_rows(base_model_dir, open(f"{chat_dir}/sft.jsonl"))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for step in range(TEACHER_STEPS):

@@ -70,7 +70,7 @@ def base_model_dir(chat_dir, tmp_path_factory) -> str:
     import pyarrow.parquet as pq
 
     from jobs.train.export import copy_tokenizer
-    from jobs.train.model import ModelSource, llama_config
+    from jobs.train.model import ModelSource, model_config
     from jobs.train.sources import tokenizer_info
     from pipelines.spec.train import ModelConfig
 
@@ -83,7 +83,7 @@ def base_model_dir(chat_dir, tmp_path_factory) -> str:
     tokenizer_stage.run(StageContext("tokenizer", "tokenizer", spec, "t", "r", "k", tok_dir))
     out = str(tmp_path_factory.mktemp("base-model"))
     info = tokenizer_info(tok_dir, "tokenizer")
-    ModelSource(config=llama_config(ModelConfig(preset="tiny"), info, seq_len=128)).build(seed=0).save_pretrained(out)
+    ModelSource(config=model_config(ModelConfig(preset="tiny"), info, seq_len=128)).build(seed=0).save_pretrained(out)
     copy_tokenizer(tok_dir, out)
     return out
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jobs.train import deepspeed_config, metrics, packing
-from jobs.train.model import flops_per_token, llama_config, round_up
+from jobs.train.model import flops_per_token, model_config, round_up
 from jobs.train.optim import lr_factor
 from jobs.train.sources import TokenizerInfo
 from pipelines.spec.train import DeepSpeedConfig, ModelConfig, OptimConfig, ScheduleConfig
@@ -82,14 +82,14 @@ def test_deepspeed_config_from_spec():
 
 def test_llama_config_and_flops():
     tok = TokenizerInfo(uri="x", tokenizer_json="", vocab_size=1000, eos_id=0, bos_id=None, pad_id=1)
-    kwargs = llama_config(ModelConfig(preset="1b"), tok, seq_len=2048)
+    kwargs = model_config(ModelConfig(preset="1b"), tok, seq_len=2048)
     assert kwargs["vocab_size"] == round_up(1000, 64) == 1024
     assert kwargs["bos_token_id"] == 0 and kwargs["max_position_embeddings"] == 2048
     assert kwargs["rope_parameters"]["rope_theta"] == 500_000.0
 
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(**llama_config(ModelConfig(preset="tiny"), tok, seq_len=64))
+    config = LlamaConfig(**model_config(ModelConfig(preset="tiny"), tok, seq_len=64))
     model = LlamaForCausalLM(config)
     matmul = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2)  # embeddings = the tied head
     assert flops_per_token(config, 64) == 6 * matmul + 12 * 2 * 64 * 64

@@ -53,7 +53,8 @@ def validation_sequences(corpus_dir: str, model_dir: str, seq_len: int, fraction
     return torch.as_tensor(packing.pack(ids, seq_len, tokenizer.eos_token_id)[:limit], dtype=torch.long)
 
 
-def check_export(out: str, corpus_dir: str, eval_loss: float, generates: bool) -> None:
+def check_export(out: str, corpus_dir: str, eval_loss: float, generates: bool,
+                 architecture: str = "LlamaForCausalLM") -> None:  # fmt: skip
     """The export loads in transformers and holds the trained weights (its validation loss matches the stage's);
     with `generates`, greedy decoding continues a prompt with words of the corpus."""
     import torch
@@ -64,7 +65,7 @@ def check_export(out: str, corpus_dir: str, eval_loss: float, generates: bool) -
         assert os.path.exists(os.path.join(model_dir, name)), name
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    assert model.config.architectures == ["LlamaForCausalLM"] and model.config.use_cache
+    assert model.config.architectures == [architecture] and model.config.use_cache
 
     sequences = validation_sequences(corpus_dir, model_dir, seq_len=64, fraction=0.1, limit=64)
     with torch.no_grad():
