@@ -67,8 +67,8 @@ HEADS = ("causal_lm", "reward")
 class ModelSource:
     """How a worker gets its starting weights and what the stage exports.
 
-    `config` builds a fresh model (pretraining: `model_config`); `pretrained_uri` loads a Hugging Face directory (SFT, reward
-    model, DPO). `head` picks the output layer: "causal_lm" (next-token logits) or "reward" (one scalar per
+    `config` builds a fresh model (pretraining: `model_config`); `pretrained_uri` loads a Hugging Face directory
+    (SFT, reward model, DPO). `head` picks the output layer: "causal_lm" (next-token logits) or "reward" (one scalar per
     sequence, read at its last non-pad token: LlamaForSequenceClassification with num_labels=1). `lora` wraps
     the model in LoRA adapters that export merges back into the weights."""
 

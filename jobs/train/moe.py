@@ -105,7 +105,7 @@ class Routing:
 
     def summary(self) -> dict[str, Any]:
         """For the stage's final metrics: the last expert load (layers × experts shares) and its variation."""
-        return {"expert_load": self.last_load.get("expert_load"), "expert_load_cv": self.last_load.get("expert_load_cv")}
+        return {key: self.last_load.get(key) for key in ("expert_load", "expert_load_cv")}
 
 
 def set_zero3_leaf_modules(model: Any) -> None:

@@ -122,9 +122,10 @@ def activation_bytes_per_token(shape: Shape, precision: str, checkpointing: bool
     """Bytes autograd keeps per token of a micro-batch for the backward pass.
 
     Per layer: the two RMSNorm inputs and outputs, queries, keys, values and the attention output (4h + 2kv),
-    and the MLP's gate, up, SiLU(gate) and their product (4i), in the training dtype (per expert in an MoE layer). The loss keeps its fp32
-    log-softmax over the vocabulary (4 × vocab; the logits themselves are not kept). Checkpointing keeps one
-    hidden state per layer and, during backward, one layer's recomputed activations at a time.
+    and the MLP's gate, up, SiLU(gate) and their product (4i; per routed expert in an MoE layer), in the training
+    dtype. The loss keeps its fp32 log-softmax over the vocabulary (4 × vocab; the logits themselves are not kept).
+    Checkpointing keeps one hidden state per layer and, during backward, one layer's recomputed activations at a
+    time.
     """
     w = weight_bytes(precision)
     h, kv, i = shape.hidden, shape.kv_dim, shape.intermediate
