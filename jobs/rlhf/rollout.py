@@ -145,7 +145,10 @@ class VLLMEngine(Engine):
 
     @register(dispatch="all", collect="list")
     def load_weights(self, state: dict[str, torch.Tensor]) -> int:
-        loaded = self.llm.collective_rpc("llmctl_load_weights", args=(list(state.items()),))
+        from jobs.train.moe import checkpoint_layout
+
+        weights = list(checkpoint_layout(state).items())  # vLLM reads an MoE's experts by their checkpoint names
+        loaded = self.llm.collective_rpc("llmctl_load_weights", args=(weights,))
         self.llm.reset_prefix_cache()  # cached KV blocks were computed by the old weights
         return int(loaded[0])
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from cluster.worker_group import Worker, register
 from jobs.rlhf import algorithms as alg
+from jobs.train.moe import Routing
 from pipelines import storage
 
 if TYPE_CHECKING:
@@ -134,6 +135,7 @@ class TrainableWorker(ModelWorker):
 
         cfg = self.config
         model.config.use_cache = False
+        self.routing = Routing.attach(model)  # an MoE model's routers: their load-balancing loss joins the role's
         optimizer = build_optimizer(model, cfg.optim, offload=cfg.offload_optimizer)
         schedule = scheduler_factory(cfg.optim, cfg.total_steps)
         self.model = start_engine(model, optimizer, schedule, cfg.deepspeed, cfg.activation_checkpointing)
@@ -146,7 +148,7 @@ class TrainableWorker(ModelWorker):
         self.model.train()
         for _ in range(epochs):
             for mb in micro_batches(self.to_device(batch), self.config.micro_batch_size):
-                loss, metrics = loss_fn(mb)
+                loss, metrics = self.with_aux_loss(loss_fn, mb)
                 self.model.backward(loss)
                 self.model.step()
                 for key, value in metrics.items():
@@ -154,7 +156,18 @@ class TrainableWorker(ModelWorker):
                 count += 1
         norm = self.model.get_global_grad_norm()
         means = {k: v / max(1, count) for k, v in sums.items()}
+        if self.routing is not None:  # this rank's expert load; the group's report averages the ranks
+            means["expert_load_cv"] = self.routing.load_stats(lambda tensor: None).get("expert_load_cv", 0.0)
         return {**means, "grad_norm": float(norm) if norm is not None else 0.0, "lr": float(self.model.get_lr()[0])}
+
+    def with_aux_loss(self, loss_fn: Any, mb: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """loss_fn(mb), plus for an MoE model the routers' load-balancing loss × its coefficient (as aux_loss)."""
+        if self.routing is None:
+            return loss_fn(mb)
+        self.routing.clear()
+        loss, metrics = loss_fn(mb)
+        aux = self.routing.aux_loss()
+        return loss + self.routing.coef * aux, {**metrics, "aux_loss": aux.detach()}
 
     @register(dispatch="all", collect="rank_zero")
     def save(self, uri: str) -> str:

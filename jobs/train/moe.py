@@ -7,8 +7,8 @@ expert received. The loss is transformers' own `load_balancing_loss_func` (Switc
 experts of (fraction of routed tokens) × (mean router probability)); it is `experts_per_token` at perfect balance
 and grows as routing concentrates.
 
-With activation checkpointing the routers run again during backward; those records are dropped when the next
-forward pass starts (`clear`), so each step counts its tokens once.
+Only the latest pass's records are kept. With activation checkpointing the routers run again during backward;
+those records are dropped when the next forward pass starts (`clear`), so each step counts its tokens once.
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ class Routing:
         logits, _, picked = output
         self.logits.append(logits)
         self.picked.append(picked.detach())
+        if len(self.logits) > self.layers:  # only the latest pass is read: inference passes keep nothing more
+            del self.logits[0], self.picked[0]
 
     def clear(self) -> None:
         self.logits, self.picked = [], []
@@ -121,3 +123,22 @@ def set_zero3_leaf_modules(model: Any) -> None:
     blocks = {type(m) for m in model.modules() if type(m).__name__ == BLOCK_CLASS}
     if blocks:
         set_z3_leaf_modules(model, list(blocks))
+
+
+def checkpoint_layout(state: dict[str, Any]) -> dict[str, Any]:
+    """`state` with each layer's fused expert tensors split into the per-expert names Hugging Face checkpoints use
+    (what `save_pretrained` writes and vLLM's weight loader reads): `experts.gate_up_proj` (experts, 2 × width,
+    hidden) becomes `experts.<e>.gate_proj.weight` and `experts.<e>.up_proj.weight`, `experts.down_proj` becomes
+    `experts.<e>.down_proj.weight`. Other tensors pass through; a dense model's state is returned as it is."""
+    out: dict[str, Any] = {}
+    for name, tensor in state.items():
+        prefix, _, leaf = name.rpartition(".")
+        if not prefix.endswith("mlp.experts") or leaf not in ("gate_up_proj", "down_proj"):
+            out[name] = tensor
+        elif leaf == "gate_up_proj":
+            gate, up = tensor.chunk(2, dim=1)  # the forward pass splits each expert's output the same way
+            for e in range(tensor.shape[0]):
+                out[f"{prefix}.{e}.gate_proj.weight"], out[f"{prefix}.{e}.up_proj.weight"] = gate[e], up[e]
+        else:
+            out.update({f"{prefix}.{e}.down_proj.weight": tensor[e] for e in range(tensor.shape[0])})
+    return out

@@ -163,6 +163,21 @@ def test_export_loads_as_the_hugging_face_moe_class_with_the_training_models_log
         assert torch.allclose(loaded(input_ids=ids).logits, trained(input_ids=ids).logits, atol=1e-5)
 
 
+def test_weights_sent_to_vllm_use_the_checkpoints_per_expert_names_and_values(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    model = build()
+    model.save_pretrained(tmp_path)
+    saved = load_file(str(tmp_path / "model.safetensors"))
+    state = moe.checkpoint_layout(dict(model.state_dict()))
+    assert set(state) == set(saved) | {"lm_head.weight"}  # the tied output layer is not written
+    assert "model.layers.1.mlp.experts.7.up_proj.weight" in state
+    assert all(torch.equal(state[name], saved[name]) for name in saved)
+    dense = dict(build("tiny").state_dict())
+    assert moe.checkpoint_layout(dense).keys() == dense.keys()
+
+
 # --- the stages on the session cluster --------------------------------------------------------------------------
 
 
