@@ -15,6 +15,7 @@ BLUE, GREY, RED, GREEN = "#3b6ea8", "#9aa5b1", "#c8553d", "#4c9a6a"
 # Scalars that are bookkeeping rather than a curve worth a panel.
 SKIPPED_TAGS = {"step", "epoch", "tokens"}
 MAX_PANELS = 9
+EXPERT_LOAD = "expert_load/"  # an MoE stage's per-layer, per-expert token shares (jobs.train.moe)
 
 
 def _figure(width: float, height: float, rows: int = 1, cols: int = 1):
@@ -83,16 +84,23 @@ def timings(names: list[str], seconds: list[float], cached: list[bool]) -> str:
     return _data_uri(fig)
 
 
-def curves(stage: str, scalars: dict[str, Series]) -> str | None:
-    """One panel for every loss (train and eval together), then one per other scalar (lr, grad norm, tokens/s,
-    reward, KL, ...): whatever the stage logged, so any training stage kind gets its curves."""
+def curve_panels(scalars: dict[str, Series]) -> list[tuple[str, dict[str, Series]]]:
+    """(title, curves) per panel: one for every loss (train and eval together), then one per other scalar (lr,
+    grad norm, tokens/s, reward, KL, ...): whatever the stage logged, so any training stage kind gets its curves.
+    An MoE model's per-expert shares are the heat map's, not curves."""
+    scalars = {t: s for t, s in scalars.items() if not t.startswith(EXPERT_LOAD)}
     # The training loss first (it takes the first colour), then eval and other losses.
     losses = {t: scalars[t] for t in sorted(scalars, key=lambda t: ("eval" in t, t)) if "loss" in t and scalars[t]}
     # A non-loss scalar logged once is a final figure (params, FLOPs per token), not a curve: it is in the table.
     others = {t: s for t, s in scalars.items() if t not in losses and t not in SKIPPED_TAGS and len(s) > 1}
     panels: list[tuple[str, dict[str, Series]]] = [("loss", losses)] if losses else []
     panels += [(t, {t: s}) for t, s in others.items()]
-    panels = panels[:MAX_PANELS]
+    return panels[:MAX_PANELS]
+
+
+def curves(stage: str, scalars: dict[str, Series]) -> str | None:
+    """The stage's curves, three panels to a row (see `curve_panels`)."""
+    panels = curve_panels(scalars)
     if not panels:
         return None
     cols = min(3, len(panels))
@@ -111,6 +119,32 @@ def curves(stage: str, scalars: dict[str, Series]) -> str | None:
         ax.grid(alpha=0.3)
         if len(series) > 1:
             ax.legend(fontsize=8)
+    return _data_uri(fig)
+
+
+def expert_load(stage: str, scalars: dict[str, Series]) -> str | None:
+    """An MoE model's routing at its last logged step: each layer's share of routed tokens per expert (the
+    training loop's `expert_load/layer<i>/expert<j>` scalars) as a heat map; None for a dense model."""
+    cells: dict[tuple[int, int], tuple[int, float]] = {}
+    for tag, points in scalars.items():
+        if tag.startswith(EXPERT_LOAD) and points:
+            layer, expert = tag.removeprefix(EXPERT_LOAD).split("/")
+            cells[int(layer.removeprefix("layer")), int(expert.removeprefix("expert"))] = points[-1]
+    if not cells:
+        return None
+    layers, experts = 1 + max(i for i, _ in cells), 1 + max(j for _, j in cells)
+    grid = [[cells.get((i, j), (0, 0.0))[1] for j in range(experts)] for i in range(layers)]
+    fig, axes = _figure(min(12.0, 2.5 + 0.5 * experts), 1.4 + 0.3 * layers)
+    ax = axes[0][0]
+    image = ax.imshow(grid, cmap="viridis", aspect="auto", vmin=0)
+    step = max(point[0] for point in cells.values())
+    ax.set_title(f"{stage}: share of each layer's tokens per expert at step {step} (even: {1 / experts:.3g})",
+                 loc="left", fontsize=10)  # fmt: skip
+    ax.set_xlabel("expert")
+    ax.set_ylabel("layer")
+    ax.set_xticks(range(experts))
+    ax.set_yticks(range(layers))
+    fig.colorbar(image, ax=ax)
     return _data_uri(fig)
 
 

@@ -137,6 +137,9 @@ def _training(s: StageRecord) -> str:
     chart = charts.curves(s.name, s.scalars)
     if chart:
         out.append(_img(chart, f"training curves of {s.name}", "curves"))
+    heat_map = charts.expert_load(s.name, s.scalars)
+    if heat_map:
+        out.append(_img(heat_map, f"expert load of {s.name}", "expert-load"))
     out.append(f"<p>TensorBoard: <code>tensorboard --logdir {escape(s.tensorboard_uri or '')}</code></p>")
     scalars = {k: v for k, v in s.metrics.items() if isinstance(v, (int, float, str, bool)) or v is None}
     if scalars:

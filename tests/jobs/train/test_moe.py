@@ -220,3 +220,17 @@ def test_tiny_moe_pretrains_under_zero3_resumes_and_fine_tunes_under_zero2(
     metrics = sft.run(post_context("sft", tuned, str(tmp_path / "sft")))
     assert (metrics["step"], metrics["zero_stage"]) == (4, 2) and metrics["train_aux_loss"] > 0
     assert json.load(open(tmp_path / "sft" / "model" / "config.json"))["architectures"] == ["Qwen3MoeForCausalLM"]
+
+
+def test_the_report_draws_expert_load_as_a_heat_map_not_as_curves():
+    import base64
+
+    from cli.report import charts
+
+    scalars = {"loss": [(1, 5.0), (2, 4.0)], "lr": [(1, 0.1), (2, 0.2)], "expert_load_cv": [(1, 0.4), (2, 0.2)]}
+    shares = {f"expert_load/layer{i}/expert{j}": [(1, 0.1), (2, 0.25)] for i in range(2) for j in range(4)}
+    panels = [title for title, _ in charts.curve_panels({**scalars, **shares})]
+    assert panels == ["loss", "lr", "expert_load_cv"], "per-expert shares would crowd out the curves"
+    svg = base64.b64decode(charts.expert_load("pretrain", {**scalars, **shares}).split(",", 1)[1]).decode()
+    assert svg.startswith("<?xml") and "<image" in svg, "a heat map (an image) of the last step's shares"
+    assert charts.expert_load("pretrain", scalars) is None, "a dense model has none"
