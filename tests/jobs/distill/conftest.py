@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 import pytest
 
-from tests.jobs.train.conftest import base_model_dir, chat_dir  # noqa: F401 (fixtures reused as they are)
+from tests.jobs.train.conftest import base_model_dir, chat_dir, chat_tokenizer_dir  # noqa: F401 (fixtures reused as they are)
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.jobs.train.conftest import base_model_dir, chat_dir  # noqa: F401 (fixtures shared with training tests)
+from tests.jobs.train.conftest import base_model_dir, chat_dir, chat_tokenizer_dir  # noqa: F401 (fixtures shared with training tests)
 
 
 @pytest.fixture(scope="session")

@@ -43,9 +43,15 @@ def hf_greedy(model_dir: str, state: dict, prompt_ids: list[list[int]], stops: t
     return answers
 
 
-def test_vllm_engine_receives_the_actor_weights(ray_session, base_model_dir):
+@pytest.mark.parametrize("model", ["base_model_dir", "moe_model_dir"])
+def test_vllm_engine_receives_the_actor_weights(ray_session, model, request):
+    """A dense tiny Llama, and a tiny Qwen3-MoE whose fused expert tensors reach vLLM under the checkpoint's
+    per-expert names."""
     import torch
 
+    from jobs.train.moe import checkpoint_layout
+
+    base_model_dir = request.getfixturevalue(model)
     prompt_ids, stops, pad = prompts(base_model_dir)
     setup = EngineSetup(
         model_uri=base_model_dir, max_new_tokens=NEW_TOKENS, stop_token_ids=stops, pad_token_id=pad,
@@ -74,7 +80,7 @@ def test_vllm_engine_receives_the_actor_weights(ray_session, base_model_dir):
             actor.update(batch)
         start = time.perf_counter()
         state = actor.state_dict()
-        assert engines.load_weights(state) == [len(state)]
+        assert engines.load_weights(state) == [len(checkpoint_layout(state))]
         print(f"weight sync: {time.perf_counter() - start:.3f}s for {len(state)} tensors")
 
         after = engines.generate({"prompt_ids": prompt_ids}, greedy=True)["response_ids"]
