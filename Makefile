@@ -61,7 +61,7 @@ test-fast: install $(CHROMIUM)
 bench: install demo-data
 	$(PY) -m pip install -q -e ".[cpu,dev,bench]"
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
-	@for b in foundation dedup pii curate pretrain serve serve_lora quantize rlhf; do echo "== bench/$$b.py"; $(PY) -m bench.$$b || exit 1; done
+	@for b in foundation dedup pii curate pretrain moe serve serve_lora quantize rlhf; do echo "== bench/$$b.py"; $(PY) -m bench.$$b || exit 1; done
 
 # The GPU install resolved by pip without installing anything: fails on a version conflict (minutes, network).
 check-gpu-deps:
