@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/moe.py [--budget-s 150] [--hidden 128] [--corpora real,generated]
 
-Both models are bench/pretrain.py's shape (4 layers, head size 32); the MoE variant (Qwen3-MoE) replaces every
-MLP with 8 experts of half the width, 2 per token, so a token runs the same MLP parameters plus the router. Each is
+Both models have 4 layers, head size 32 and an MLP 3 × hidden wide; the MoE variant (Qwen3-MoE) replaces every
+MLP with 8 experts of half that width, 2 per token, so a token runs the same MLP parameters plus the router. Each is
 trained by the pretrain stage itself (Ray Train + DeepSpeed, one worker with both cores) on the same corpus and
 tokenizer for the same training-loop wall-clock budget, with a constant learning rate after warm-up so neither is
 cut off mid-schedule. Two corpora: the installed packages' READMEs (text nobody here wrote) and the generated
@@ -56,8 +56,9 @@ def documents(corpus: str) -> list[str]:
 
 def model(args: argparse.Namespace, sparse: bool) -> dict[str, Any]:
     heads = args.hidden // 32
+    # 3 × hidden wide, so half of it is a whole multiple of 32 (the experts' width): exactly equal active MLPs.
     dense = {"preset": None, "hidden_size": args.hidden, "num_layers": 4, "num_heads": heads, "num_kv_heads": heads,
-             "intermediate_size": args.hidden * 8 // 3}  # fmt: skip
+             "intermediate_size": args.hidden * 3}  # fmt: skip
     if not sparse:
         return dense
     return {**dense, "moe": {"num_experts": EXPERTS, "experts_per_token": TOP_K}}  # experts: half the MLP width

