@@ -103,16 +103,18 @@ def test_capacity_counts_every_expert_but_only_active_ones_for_flops():
 # --- routing in the training loop -------------------------------------------------------------------------------
 
 
-def test_routing_adds_transformers_own_load_balancing_loss_and_counts_every_routed_token():
+def test_routing_adds_a_per_layer_load_balancing_loss_and_counts_every_routed_token():
     import torch
+    from transformers.models.qwen3_moe.modeling_qwen3_moe import load_balancing_loss_func
 
     model = build()
     routing = moe.Routing.attach(model)
     assert routing is not None and routing.layers == 2 and moe.Routing.attach(build("tiny")) is None
     ids = torch.randint(2, 1000, (4, 32))
     routing.clear()
-    out = model(input_ids=ids, labels=ids, output_router_logits=True)  # transformers computes its own aux loss
-    assert routing.aux_loss().item() == pytest.approx(out.aux_loss.item())
+    out = model(input_ids=ids, labels=ids, output_router_logits=True)  # with each layer's router logits
+    per_layer = [load_balancing_loss_func((logits,), 8, 2).item() for logits in out.router_logits]
+    assert routing.aux_loss().item() == pytest.approx(sum(per_layer) / 2)
     stats = routing.load_stats(lambda tensor: None)
     assert stats["routed_tokens"] == 4 * 32
     assert all(sum(row) == pytest.approx(1.0) for row in stats["expert_load"]) and len(stats["expert_load"]) == 2
