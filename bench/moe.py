@@ -43,6 +43,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--micro-batch", type=int, default=8)
     p.add_argument("--vocab", type=int, default=2048)
     p.add_argument("--corpora", default="real,generated")
+    p.add_argument("--aux-coef", type=float, help="router_aux_loss_coef of the MoE model (default: the spec's)")
     return p.parse_args()
 
 
@@ -61,7 +62,10 @@ def model(args: argparse.Namespace, sparse: bool) -> dict[str, Any]:
              "intermediate_size": args.hidden * 3}  # fmt: skip
     if not sparse:
         return dense
-    return {**dense, "moe": {"num_experts": EXPERTS, "experts_per_token": TOP_K}}  # experts: half the MLP width
+    moe = {"num_experts": EXPERTS, "experts_per_token": TOP_K}  # experts: half the MLP width
+    if args.aux_coef is not None:
+        moe["router_aux_loss_coef"] = args.aux_coef
+    return {**dense, "moe": moe}
 
 
 def train(args: argparse.Namespace, data: str, tok: str, out: str, sparse: bool) -> dict[str, Any]:
@@ -127,7 +131,8 @@ def main() -> None:
     headline = corpora.get("real") or next(iter(corpora.values()))
     keys = ("bpc_moe", "bpc_dense", "tokens_per_s_ratio", "params_total", "params_active", "expert_load_cv")
     report = {**{k: headline[k] for k in keys}, "corpora": corpora, "budget_s": args.budget_s,
-              "hidden": args.hidden, "targets": TARGETS, "bench_wall_s": round(time.time() - started, 1)}  # fmt: skip
+              "hidden": args.hidden, "aux_coef": args.aux_coef, "targets": TARGETS,
+              "bench_wall_s": round(time.time() - started, 1)}  # fmt: skip
     print(json.dumps(report))
 
 
