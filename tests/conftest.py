@@ -27,6 +27,9 @@ from pipelines.errors import ClusterError  # noqa: E402
 
 free_port = local.free_port  # tests import it from here
 
+# Session fixtures every test directory may use: the chat data and the small chat models built from it.
+pytest_plugins = ["tests.chat_models"]
+
 # This process is a Ray driver like the nodes' own processes, which llmctl starts with usage stats off. With them
 # on, Ray Data's usage poller thread here logs a traceback every few seconds (its Prometheus query fails), and on
 # Python 3.11 formatting a traceback parses source with `ast`, which shares one recursion counter between threads

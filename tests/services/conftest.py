@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 
 from tests.conftest import free_port
-from tests.jobs.train.conftest import base_model_dir, chat_dir, chat_tokenizer_dir  # noqa: F401 (the trained-shape chat model and data)
 from tests.services.tiny_model import build_tiny_llama
 
 API_KEY_ENV = "LLMCTL_TEST_API_KEY"

@@ -7,11 +7,9 @@ from collections.abc import Iterable
 
 import pytest
 
-from tests.jobs.train.conftest import base_model_dir, chat_dir, chat_tokenizer_dir  # noqa: F401 (fixtures reused as they are)
-
 
 @pytest.fixture(scope="session")
-def teacher_dir(base_model_dir, chat_dir, tmp_path_factory) -> str:  # noqa: F811
+def teacher_dir(base_model_dir, chat_dir, tmp_path_factory) -> str:
     """Twice the student's width and layers, same tokenizer, briefly trained on the demo chat answers (plain torch,
     a few seconds): confident where the data is predictable, unlike the random student."""
     import torch

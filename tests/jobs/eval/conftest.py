@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.jobs.train.conftest import base_model_dir, chat_dir, chat_tokenizer_dir  # noqa: F401 (fixtures shared with training tests)
-
 
 @pytest.fixture(scope="session")
-def uniform_model_dir(base_model_dir, tmp_path_factory) -> str:  # noqa: F811
+def uniform_model_dir(base_model_dir, tmp_path_factory) -> str:
     import torch
     from transformers import AutoModelForCausalLM
 
