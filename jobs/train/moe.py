@@ -7,8 +7,8 @@ expert received. The loss is Switch Transformer's, experts × Σ over experts of
 router probability), computed per layer and averaged: `experts_per_token` at perfect balance, growing as routing
 concentrates. transformers' `load_balancing_loss_func` computes it once over all layers' tokens together, which
 counts expert e of one layer and expert e of the next as one expert: two layers overloading different experts
-look balanced to it. Per layer, each router is pushed to balance its own experts (bench/moe.py measured the
-difference: per-layer expert-load variation stayed near 0.9 with the all-layers loss).
+look balanced to it. Per layer, each router is pushed to balance its own experts (bench/moe.py, coefficient 0.01:
+the per-layer expert-load coefficient of variation ended at 0.93 with the pooled loss, 0.47 per layer).
 
 Only the latest pass's records are kept. With activation checkpointing the routers run again during backward;
 those records are dropped when the next forward pass starts (`clear`), so each step counts its tokens once.
