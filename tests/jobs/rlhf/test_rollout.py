@@ -43,15 +43,20 @@ def hf_greedy(model_dir: str, state: dict, prompt_ids: list[list[int]], stops: t
     return answers
 
 
+def engine_setup(model_dir: str, stops: tuple[int, ...], pad: int) -> EngineSetup:
+    """One small fp32 vLLM engine on CPU, greedy answers of NEW_TOKENS at most."""
+    return EngineSetup(
+        model_uri=model_dir, max_new_tokens=NEW_TOKENS, stop_token_ids=stops, pad_token_id=pad,
+        vllm_kwargs={"dtype": "float32", "enforce_eager": True, "max_model_len": 128,
+                     "kv_cache_memory_bytes": 32 << 20, "gpu_memory_utilization": 0.2},
+    )  # fmt: skip
+
+
 def test_vllm_engine_receives_the_actor_weights(ray_session, base_model_dir):
     import torch
 
     prompt_ids, stops, pad = prompts(base_model_dir)
-    setup = EngineSetup(
-        model_uri=base_model_dir, max_new_tokens=NEW_TOKENS, stop_token_ids=stops, pad_token_id=pad,
-        vllm_kwargs={"dtype": "float32", "enforce_eager": True, "max_model_len": 128,
-                     "kv_cache_memory_bytes": 32 << 20, "gpu_memory_utilization": 0.2},
-    )  # fmt: skip
+    setup = engine_setup(base_model_dir, stops, pad)
     optim = OptimConfig(lr=5e-2, min_lr=5e-2, warmup_steps=0, weight_decay=0.0)
     schedule = ScheduleConfig(steps=3, seq_len=8, micro_batch_size=4)
     actor_setup = RoleSetup(
@@ -92,11 +97,7 @@ def test_vllm_serves_a_moe_model_as_transformers_does(ray_session, moe_model_dir
     """A tiny Qwen3-MoE export, as a rollout engine (the serve stage's engine is the same vLLM): its greedy answers
     are transformers' own. (Its weights are not synced in place on CPU: the rlhf stage refuses that.)"""
     prompt_ids, stops, pad = prompts(moe_model_dir)
-    setup = EngineSetup(
-        model_uri=moe_model_dir, max_new_tokens=NEW_TOKENS, stop_token_ids=stops, pad_token_id=pad,
-        vllm_kwargs={"dtype": "float32", "enforce_eager": True, "max_model_len": 128,
-                     "kv_cache_memory_bytes": 32 << 20, "gpu_memory_utilization": 0.2},
-    )  # fmt: skip
+    setup = engine_setup(moe_model_dir, stops, pad)
     engines = WorkerGroup(VLLMEngine, 1, {"CPU": 1}, kwargs={"setup": setup}, process_group=False, name="vllm-moe")
     try:
         assert engines.setup() == ["vllm"]
